@@ -1,0 +1,512 @@
+"""The exact planner: one mixed-integer program over every app sharing a cluster, solved with HiGHS.
+
+Per task t and candidate configuration k = (variant, segment type, batch):
+  y[t,k] binary (one per task), n[t,k] integer replicas, n <= M_k y;
+  throughput    sum_k thr_k n[t,k] >= headroom * rate_app * F_t   (F_t: items reaching t per request;
+                F_t is linear in the upstream y where an edge's fan-out depends on the upstream variant);
+  latency       for each path P: sum_{t in P} sum_k allowance * p95_k y[t,k] <= SLO   (T on; with T off
+                each task instead gets a fixed equal share SLO / longest path through it);
+  accuracy      for each path P: sum_{t in P} sum_k log acc_k y[t,k] >= log accuracy_slo;
+  MIG packing   inst[s] >= (replicas on segment type s) / MPS workers of s, per segment type;
+                sum_{s of profile q} inst[s] <= sum_p count[p,q] w[p];  sum_p w[p] <= GPUs,
+                w[p] = GPUs cut in valid partition p (exact packing, no greedy step afterwards).
+Objective: compute slices of the instances used, then (small weights) higher accuracy, fewer GPUs
+cut, and fewer changes against the current plan.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import highspy
+import numpy as np
+from scipy import sparse
+
+from env.plan import GpuLayout, Plan, TaskConfig
+from profiles.catalog import LATENCY_ALLOWANCE, Catalog
+from profiles.errors import SolverError
+from profiles.tables import ConfigKind
+from profiles.types import App, GpuType, SegmentType
+
+FEATURE_SETS = ("none", "A", "S", "T", "A+T", "S+T", "A+S", "A+S+T")
+_CANCEL_GRACE_S = 1.0  # after cancelSolve, how long the interrupt callbacks get before we abandon the thread
+
+
+@dataclass(frozen=True)
+class Features:
+    """The paper's levers: A accuracy scaling, S spatial partitioning, T task-graph budgeting."""
+
+    accuracy: bool = True
+    spatial: bool = True
+    budgeting: bool = True
+
+    @classmethod
+    def parse(cls, text: str) -> Features:
+        """``"A,S,T"``, ``"A+T"`` or ``"none"``."""
+        letters = {p.strip().upper() for p in text.replace("+", ",").split(",") if p.strip()}
+        if letters == {"NONE"}:
+            letters = set()
+        if not letters <= {"A", "S", "T"}:
+            raise SolverError(f"unknown feature(s) {', '.join(sorted(letters - {'A', 'S', 'T'}))}",
+                              field="--features", fix="combine A, S and T, e.g. A,S,T or A+T, or 'none'")
+        return cls("A" in letters, "S" in letters, "T" in letters)
+
+    @property
+    def name(self) -> str:
+        return "+".join(x for x, on in (("A", self.accuracy), ("S", self.spatial), ("T", self.budgeting)) if on) or "none"
+
+
+@dataclass(frozen=True)
+class SolverOptions:
+    headroom: float = 1.1  # capacity provisioned per unit of demand
+    latency_allowance: float = LATENCY_ALLOWANCE  # budget covers allowance x p95 (queueing slack)
+    time_limit_s: float = 20.0  # hard wall-clock bound on one solve
+    mip_gap: float = 1e-4  # relative gap at which HiGHS may stop
+
+
+@dataclass
+class Candidates:
+    """The configurations one task may use, as parallel arrays."""
+
+    app: App
+    task: str
+    variant: np.ndarray  # index into the task's variant ladder
+    segment: np.ndarray  # index into GpuType.segments
+    batch: np.ndarray
+    p95_ms: np.ndarray
+    throughput_rps: np.ndarray
+    log_accuracy: np.ndarray
+    kind: np.ndarray
+
+
+@dataclass
+class TaskChoice:
+    app: str
+    task: str
+    variant: str
+    segment: SegmentType
+    batch: int
+    replicas: int
+    p95_ms: float
+    throughput_rps: float  # of one replica, items/s
+    demand_rps: float  # items/s reaching this task (before headroom)
+    budget_ms: float
+    kind: str  # measured / modelled / estimated
+
+
+@dataclass
+class SolveResult:
+    status: str  # optimal | feasible | infeasible | timeout
+    reason: str  # why: the binding constraint, or the gap left
+    solve_seconds: float
+    plan: Plan | None = None
+    choices: list[TaskChoice] = field(default_factory=list)
+    slices_used: int = 0
+    gpus_used: int = 0
+    gap: float = math.nan
+    path_latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # app -> "a>b" -> ms
+    path_accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def candidates(catalog: Catalog, gpu: GpuType, app: App, features: Features, opts: SolverOptions,
+               keep: dict[str, tuple[str, str, int, int]] | None = None) -> tuple[list[Candidates], str]:
+    """Each task's usable configurations under ``features``, with dominated ones removed; and, if some task
+    is left with none, the reason. ``keep`` (task -> variant, segment, workers, batch) survives dominance."""
+    paths = app.paths()
+    longest = {t: max(len(p) for p in paths if t in p) for t in app.task_names}
+    out = []
+    for task in app.tasks:
+        table = catalog.table(gpu.name, app.name, task.name)
+        ok = table.usable.copy()
+        if not features.accuracy:
+            ok[:-1] = False  # the ladder is sorted: the last variant is the most accurate
+        if not features.spatial:
+            ok[:, [s for s in range(len(gpu.segments)) if s != gpu.whole_gpu_segment]] = False
+        if not features.budgeting:
+            ok &= opts.latency_allowance * np.nan_to_num(table.p95_ms, nan=np.inf) <= app.latency_slo_ms / longest[task.name]
+        v, s, b = np.nonzero(ok)
+        acc = np.array([x.accuracy for x in task.variants])[v]
+        out.append(Candidates(app, task.name, v, s, np.array(table.batches)[b], table.p95_ms[v, s, b],
+                              table.throughput_rps[v, s, b], np.log(acc), table.kind[v, s, b]))
+    for c in out:  # what the rest of each path can do at best bounds what this task may use
+        for p in (p for p in paths if c.task in p):
+            others = [o for o in out if o.task in p and o is not c]
+            if any(len(o.p95_ms) == 0 for o in others):
+                continue
+            if features.budgeting:
+                rest = sum(opts.latency_allowance * o.p95_ms.min() for o in others)
+                _select(c, opts.latency_allowance * c.p95_ms + rest <= app.latency_slo_ms + 1e-9)
+            rest_acc = sum(o.log_accuracy.max() for o in others)
+            _select(c, c.log_accuracy + rest_acc >= math.log(app.accuracy_slo) - 1e-9)
+    for c in out:
+        _select(c, _undominated(c, gpu, (keep or {}).get(c.task)))
+    for c in out:
+        if len(c.p95_ms) == 0:
+            share = (f"its fixed share {app.latency_slo_ms / longest[c.task]:.1f} ms (T off)" if not features.budgeting
+                     else f"the latency SLO {app.latency_slo_ms:g} ms")
+            return out, (f"app {app.name}, task {c.task}: no configuration meets {share} and accuracy "
+                         f"{app.accuracy_slo} with features {features.name}")
+    return out, ""
+
+
+def _select(c: Candidates, mask: np.ndarray) -> None:
+    for name in ("variant", "segment", "batch", "p95_ms", "throughput_rps", "log_accuracy", "kind"):
+        setattr(c, name, getattr(c, name)[mask])
+
+
+def _undominated(c: Candidates, gpu: GpuType, keep: tuple[str, str, int, int] | None) -> np.ndarray:
+    """Within one (variant, segment type), a configuration with no lower p95 and no higher throughput
+    than another can be swapped for it in any plan; drop it."""
+    mask = np.zeros(len(c.p95_ms), dtype=bool)
+    for key in set(zip(c.variant.tolist(), c.segment.tolist(), strict=True)):
+        idx = np.nonzero((c.variant == key[0]) & (c.segment == key[1]))[0]
+        idx = idx[np.lexsort((-c.throughput_rps[idx], c.p95_ms[idx]))]
+        best = -np.inf
+        for i in idx:
+            if c.throughput_rps[i] > best:
+                mask[i] = True
+                best = c.throughput_rps[i]
+    if keep is not None:
+        mask |= [_describe(gpu, c, i) == keep for i in range(len(mask))]
+    return mask
+
+
+def demand_terms(app: App, cands: list[Candidates]) -> list[tuple[float, list[tuple[int, np.ndarray]]]]:
+    """Items reaching each task per request: a constant plus, for per-variant fan-outs, a coefficient on
+    each upstream candidate's y. The catalog guarantees such an edge's source gets fixed demand."""
+    index = {c.task: i for i, c in enumerate(cands)}
+    const = {t: 0.0 for t in app.task_names}
+    terms: dict[str, list[tuple[int, np.ndarray]]] = {t: [] for t in app.task_names}
+    for t in app.topological_order:
+        if all(v != t for _, v in app.edges):
+            const[t] = 1.0
+        for (u, v), f in app.edges.items():
+            if u != t:
+                continue
+            if isinstance(f, dict):
+                ladder = [x.name for x in app.task(u).variants]
+                per = np.array([f[ladder[i]] for i in cands[index[u]].variant])
+                terms[v].append((index[u], const[u] * per))
+            else:
+                const[v] += f * const[u]
+                terms[v].extend((i, f * coef) for i, coef in terms[u])
+    return [(const[c.task], terms[c.task]) for c in cands]
+
+
+@dataclass
+class _AppBlock:
+    app: App
+    rate_rps: float
+    cands: list[Candidates]
+    terms: list[tuple[float, list[tuple[int, np.ndarray]]]]
+
+
+@dataclass
+class _Model:
+    blocks: list[_AppBlock]
+    y: list[list[int]]  # first y column of each task, per app
+    n: list[list[int]]
+    inst: dict[int, int]  # segment type index -> its column
+    w: int  # first partition column
+    cost: np.ndarray
+    upper: np.ndarray
+    integer: np.ndarray
+    matrix: sparse.csc_matrix
+    row_lower: np.ndarray
+    row_upper: np.ndarray
+
+
+class _Rows:
+    """Constraint rows gathered as COO triplets."""
+
+    def __init__(self) -> None:
+        self.r: list[np.ndarray] = []
+        self.c: list[np.ndarray] = []
+        self.v: list[np.ndarray] = []
+        self.lower: list[float] = []
+        self.upper: list[float] = []
+
+    def add(self, cols: np.ndarray, vals: np.ndarray, lower: float, upper: float) -> None:
+        self.r.append(np.full(len(cols), len(self.lower)))
+        self.c.append(np.asarray(cols, dtype=np.int64))
+        self.v.append(np.asarray(vals, dtype=float))
+        self.lower.append(lower)
+        self.upper.append(upper)
+
+
+def _build(gpu: GpuType, blocks: list[_AppBlock], gpus: int | None, opts: SolverOptions, objective: str,
+           current: dict[tuple[str, str], int] | None = None) -> _Model:
+    """``objective``: "plan" (slices, then accuracy, GPUs, changes), "feasibility" (none: stop at the
+    first feasible point) or "gpus" (fewest GPUs, for diagnosing a cluster that is too small)."""
+    inf = highspy.kHighsInf
+    col = 0
+    y_cols: list[list[int]] = []
+    n_cols: list[list[int]] = []
+    for b in blocks:
+        y_cols.append([])
+        n_cols.append([])
+        for c in b.cands:
+            y_cols[-1].append(col)
+            n_cols[-1].append(col + len(c.p95_ms))
+            col += 2 * len(c.p95_ms)
+    used_segments = sorted({int(s) for b in blocks for c in b.cands for s in c.segment})
+    inst = {s: col + i for i, s in enumerate(used_segments)}
+    col += len(inst)
+    parts = gpu.maximal_partitions
+    w = col
+    col += len(parts)
+    most = np.max([p.counts for p in parts], axis=0)  # instances of each profile one GPU can hold
+    workers_per_gpu = np.array([most[gpu.profile_index(s.mig_profile.name)] * s.mps_workers for s in gpu.segments])
+    gpu_cap = gpus if gpus is not None else inf
+    cost, upper = np.zeros(col), np.full(col, inf)
+    upper[w:] = gpu_cap
+    rows = _Rows()
+    accuracy_scale = sum(-c.log_accuracy.min() for b in blocks for c in b.cands) + 1e-9
+    for b, ys, ns in zip(blocks, y_cols, n_cols, strict=True):
+        for c, y0, n0, (const, terms) in zip(b.cands, ys, ns, b.terms, strict=True):
+            k = len(c.p95_ms)
+            y, n = np.arange(y0, y0 + k), np.arange(n0, n0 + k)
+            upper[y] = 1
+            rows.add(y, np.ones(k), 1, 1)
+            peak = opts.headroom * b.rate_rps * (const + sum(coef.max() for _, coef in terms))
+            big_m = np.minimum(np.ceil(peak / c.throughput_rps), workers_per_gpu[c.segment] * gpu_cap)
+            upper[n] = big_m
+            for j in range(k):  # n <= M y
+                rows.add(np.array([n[j], y[j]]), np.array([1.0, -big_m[j]]), -inf, 0)
+            dem_cols, dem_vals = [n], [c.throughput_rps]
+            for ui, coef in terms:
+                dem_cols.append(np.arange(ys[ui], ys[ui] + len(coef)))
+                dem_vals.append(-opts.headroom * b.rate_rps * coef)
+            rows.add(np.concatenate(dem_cols), np.concatenate(dem_vals), opts.headroom * b.rate_rps * const, inf)
+            if objective == "plan":
+                cost[y] = -c.log_accuracy * 0.1 / accuracy_scale
+                if current and (b.app.name, c.task) in current:
+                    cost[y0 + current[(b.app.name, c.task)]] -= 1e-4 / len(ys)
+        index = {c.task: i for i, c in enumerate(b.cands)}
+        for path in b.app.paths():
+            cols = np.concatenate([np.arange(ys[index[t]], ys[index[t]] + len(b.cands[index[t]].p95_ms)) for t in path])
+            lat = np.concatenate([opts.latency_allowance * b.cands[index[t]].p95_ms for t in path])
+            acc = np.concatenate([b.cands[index[t]].log_accuracy for t in path])
+            rows.add(cols, lat, -inf, b.app.latency_slo_ms)
+            rows.add(cols, acc, math.log(b.app.accuracy_slo) - 1e-9, inf)
+    for s, s_col in inst.items():
+        seg = gpu.segments[s]
+        cols, vals = [np.array([s_col])], [np.array([-float(seg.mps_workers)])]
+        for b, ns in zip(blocks, n_cols, strict=True):
+            for c, n0 in zip(b.cands, ns, strict=True):
+                on = np.nonzero(c.segment == s)[0]
+                cols.append(n0 + on)
+                vals.append(np.ones(len(on)))
+        rows.add(np.concatenate(cols), np.concatenate(vals), -inf, 0)
+        if objective == "plan":
+            cost[s_col] = seg.mig_profile.compute_slices
+    for q, profile in enumerate(gpu.mig_profiles):
+        mine = [s_col for s, s_col in inst.items() if gpu.segments[s].mig_profile is profile]
+        if mine:
+            counts = np.array([p.counts[q] for p in parts], dtype=float)
+            rows.add(np.concatenate([mine, w + np.arange(len(parts))]), np.concatenate([np.ones(len(mine)), -counts]),
+                     -inf, 0)
+    rows.add(w + np.arange(len(parts)), np.ones(len(parts)), -inf, gpu_cap)
+    if objective == "plan":
+        cost[w:] = 1e-3 / (gpus or 1)
+    elif objective == "gpus":
+        cost[w:] = 1.0
+    matrix = sparse.csc_matrix((np.concatenate(rows.v), (np.concatenate(rows.r), np.concatenate(rows.c))),
+                               shape=(len(rows.lower), col))
+    integer = np.ones(col, dtype=bool)
+    return _Model(blocks, y_cols, n_cols, inst, w, cost, upper, integer, matrix, np.array(rows.lower),
+                  np.array(rows.upper))
+
+
+def _run(model: _Model, time_limit_s: float, mip_gap: float) -> tuple[str, np.ndarray | None, float]:
+    """Solve with HiGHS under a hard wall-clock bound: HiGHS's own time limit can overrun, so the solve
+    runs in HiGHS's solver thread and is cancelled (then abandoned) at the deadline."""
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("time_limit", float(time_limit_s))
+    h.setOptionValue("mip_rel_gap", float(mip_gap))
+    # Presolve's probing spent 75% of the time on these big-M models (1.7 -> 0.85 s at 4 GPUs,
+    # 7.0 -> 3.5 s at 120, same optima): the model is already tight, so skip it.
+    h.setOptionValue("presolve", "off")
+    lp = highspy.HighsLp()
+    lp.num_col_, lp.num_row_ = model.matrix.shape[1], model.matrix.shape[0]
+    lp.col_cost_ = model.cost
+    lp.col_lower_ = np.zeros(lp.num_col_)
+    lp.col_upper_ = model.upper
+    lp.row_lower_, lp.row_upper_ = model.row_lower, model.row_upper
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = model.matrix.indptr
+    lp.a_matrix_.index_ = model.matrix.indices
+    lp.a_matrix_.value_ = model.matrix.data
+    lp.integrality_ = [highspy.HighsVarType.kInteger] * lp.num_col_
+    h.passModel(lp)
+    h.HandleUserInterrupt = True
+    h.startSolve()
+    done, _ = h.wait(time_limit_s)
+    if not done:
+        h.cancelSolve()
+        done, _ = h.wait(_CANCEL_GRACE_S)
+        if not done:  # the thread is a daemon; leave it and answer within the bound
+            return "timeout", None, math.nan
+    status = h.getModelStatus()
+    info = h.getInfo()
+    if status == highspy.HighsModelStatus.kOptimal:
+        return "optimal", np.array(h.getSolution().col_value), float(info.mip_gap)
+    if status in (highspy.HighsModelStatus.kInfeasible, highspy.HighsModelStatus.kUnboundedOrInfeasible):
+        return "infeasible", None, math.nan
+    if info.primal_solution_status == 2:  # a feasible incumbent, stopped by the time limit or the cancel
+        return "feasible", np.array(h.getSolution().col_value), float(info.mip_gap)
+    return "timeout", None, math.nan
+
+
+def prepare(catalog: Catalog, gpu: GpuType, demand: dict[str, float], features: Features, opts: SolverOptions,
+            current: Plan | None = None) -> tuple[list[_AppBlock], str]:
+    """Candidates and demand terms for every app; a non-empty reason if some task has no candidate."""
+    blocks = []
+    for name, rate in demand.items():
+        app = catalog.app(name)
+        if not catalog.serves(gpu.name, name):
+            raise SolverError(f"app '{name}' has tasks with no profile on {gpu.name}", field="--app",
+                              fix=f"use an app of {', '.join(catalog.apps_for(gpu.name))} or another --gpu-type")
+        if not (math.isfinite(rate) and rate >= 0):
+            raise SolverError(f"rate {rate} for app '{name}' is not a finite number >= 0", field="--rps",
+                              fix="give req/s as non-negative numbers")
+        keep = None
+        if current is not None and name in current.apps:
+            keep = {t: (c.variant, c.segment, c.mps_workers, c.batch) for t, c in current.apps[name].items()}
+        cands, reason = candidates(catalog, gpu, app, features, opts, keep)
+        if reason:
+            return [], reason
+        blocks.append(_AppBlock(app, float(rate), cands, demand_terms(app, cands)))
+    return blocks, ""
+
+
+def _check_request(opts: SolverOptions, gpus: int, demand: dict[str, float]) -> None:
+    if not demand:
+        raise SolverError("no app given", field="--app", fix="name at least one app")
+    if gpus < 1:
+        raise SolverError(f"{gpus} GPUs", field="--gpus", fix="give at least 1 GPU")
+    if not (opts.time_limit_s > 0 and 0 <= opts.mip_gap < 1 and opts.headroom > 0 and opts.latency_allowance > 0):
+        raise SolverError("time limit, headroom and allowance must be > 0 and the gap in [0, 1)",
+                          field="solver options", fix="e.g. --time-limit 20 --gap 1e-4")
+
+
+def solve(catalog: Catalog, gpu_type: str, demand: dict[str, float], gpus: int, features: Features = Features(),
+          opts: SolverOptions = SolverOptions(), current: Plan | None = None) -> SolveResult:
+    """The cheapest plan that serves ``demand`` (app -> req/s) on ``gpus`` GPUs within every SLO.
+
+    :param current: the plan in force; among equally cheap plans the one with fewer changes wins.
+    """
+    _check_request(opts, gpus, demand)
+    gpu = catalog.gpu(gpu_type)
+    start = time.perf_counter()
+    blocks, reason = prepare(catalog, gpu, demand, features, opts, current)
+    if reason:
+        return SolveResult("infeasible", reason, time.perf_counter() - start)
+    keep = _current_choices(gpu, blocks, current) if current is not None else None
+    model = _build(gpu, blocks, gpus, opts, "plan", keep)
+    status, x, gap = _run(model, opts.time_limit_s, opts.mip_gap)
+    if x is None:
+        reason = (_diagnose(gpu, blocks, gpus, opts) if status == "infeasible"
+                  else f"no feasible plan found within the {opts.time_limit_s:g} s time limit")
+        return SolveResult(status, reason, time.perf_counter() - start)
+    result = _extract(gpu, model, x, gpus, features, opts)
+    result.status, result.gap, result.solve_seconds = status, gap, time.perf_counter() - start
+    gap_text = f"proven optimal (gap {gap:.2g})" if status == "optimal" else f"time limit hit, gap {gap:.2%}"
+    result.reason = gap_text + (f"; binding: {result.reason}" if result.reason else "")
+    return result
+
+
+def _current_choices(gpu: GpuType, blocks: list[_AppBlock], current: Plan) -> dict[tuple[str, str], int]:
+    """(app, task) -> index of the candidate the current plan runs, where it is still a candidate."""
+    found = {}
+    for b in blocks:
+        for c in b.cands:
+            cfg = current.apps.get(b.app.name, {}).get(c.task)
+            if cfg is None:
+                continue
+            wanted = (cfg.variant, cfg.segment, cfg.mps_workers, cfg.batch)
+            k = next((k for k in range(len(c.p95_ms)) if _describe(gpu, c, k) == wanted), None)
+            if k is not None:
+                found[(b.app.name, c.task)] = k
+    return found
+
+
+def _describe(gpu: GpuType, c: Candidates, k: int) -> tuple[str, str, int, int]:
+    seg = gpu.segments[c.segment[k]]
+    return c.app.task(c.task).variants[c.variant[k]].name, seg.mig_profile.name, seg.mps_workers, int(c.batch[k])
+
+
+def _diagnose(gpu: GpuType, blocks: list[_AppBlock], gpus: int, opts: SolverOptions) -> str:
+    """Which constraint makes the request infeasible: the cluster size, or one app's SLOs."""
+    model = _build(gpu, blocks, None, opts, "gpus")
+    status, x, _ = _run(model, opts.time_limit_s, opts.mip_gap)
+    if x is not None:
+        needed = round(x[model.w:model.w + len(gpu.maximal_partitions)].sum())
+        exact = "" if status == "optimal" else "at most "
+        return f"GPU capacity: serving this demand within the SLOs needs {exact}{needed} GPUs, the cluster has {gpus}"
+    for b in blocks:
+        idle = _AppBlock(b.app, 0.0, b.cands, b.terms)
+        if _run(_build(gpu, [idle], None, opts, "feasibility"), opts.time_limit_s, opts.mip_gap)[0] == "infeasible":
+            return (f"app {b.app.name}: no configuration meets latency {b.app.latency_slo_ms:g} ms and accuracy "
+                    f"{b.app.accuracy_slo} on every path together")
+    return f"GPU capacity: no plan found on any number of GPUs within the {opts.time_limit_s:g} s time limit"
+
+
+def _extract(gpu: GpuType, model: _Model, x: np.ndarray, gpus: int, features: Features,
+             opts: SolverOptions) -> SolveResult:
+    """Turn a solution vector into choices, a plan with its MIG layout, and what binds."""
+    result = SolveResult("", "", 0.0)
+    binding: list[str] = []
+    replicas_on: dict[int, list[str]] = {}
+    apps: dict[str, dict[str, TaskConfig]] = {}
+    for b, ys, ns in zip(model.blocks, model.y, model.n, strict=True):
+        picks = [int(np.argmax(x[y0:y0 + len(c.p95_ms)])) for c, y0 in zip(b.cands, ys, strict=True)]
+        index = {c.task: i for i, c in enumerate(b.cands)}
+        paths = b.app.paths()
+        lat = {c.task: opts.latency_allowance * float(c.p95_ms[k]) for c, k in zip(b.cands, picks, strict=True)}
+        path_lat = {">".join(p): sum(lat[t] for t in p) for p in paths}
+        path_acc = {">".join(p): math.exp(sum(float(b.cands[index[t]].log_accuracy[picks[index[t]]]) for t in p))
+                    for p in paths}
+        result.path_latency_ms[b.app.name], result.path_accuracy[b.app.name] = path_lat, path_acc
+        apps[b.app.name] = {}
+        for ti, (c, k, (const, terms)) in enumerate(zip(b.cands, picks, b.terms, strict=True)):
+            items = const + sum(float(coef[picks[ui]]) for ui, coef in terms)
+            if features.budgeting:
+                budget = lat[c.task] * min(b.app.latency_slo_ms / path_lat[">".join(p)] for p in paths if c.task in p)
+            else:
+                budget = b.app.latency_slo_ms / max(len(p) for p in paths if c.task in p)
+            n = round(x[ns[ti] + k])
+            variant, profile, workers, batch = _describe(gpu, c, k)
+            seg = gpu.segments[c.segment[k]]
+            result.choices.append(TaskChoice(b.app.name, c.task, variant, seg, batch, n, float(c.p95_ms[k]),
+                                             float(c.throughput_rps[k]), b.rate_rps * items, budget,
+                                             ConfigKind(int(c.kind[k])).name.lower()))
+            apps[b.app.name][c.task] = TaskConfig(variant, profile, workers, batch, n, round(budget, 3))
+            replicas_on.setdefault(int(c.segment[k]), []).extend([f"{b.app.name}/{c.task}"] * n)
+        binding += [f"{b.app.name} latency {p} {v:.1f}/{b.app.latency_slo_ms:g} ms" for p, v in path_lat.items()
+                    if v >= 0.95 * b.app.latency_slo_ms]
+        binding += [f"{b.app.name} accuracy {p} {v:.3f}/{b.app.accuracy_slo:g}" for p, v in path_acc.items()
+                    if v <= 1.005 * b.app.accuracy_slo]
+    counts = np.round(x[model.w:model.w + len(gpu.maximal_partitions)]).astype(int)
+    cut = [p for p, c in zip(gpu.maximal_partitions, counts, strict=True) for _ in range(c)]
+    slots = [[[] for _ in p.names(gpu)] for p in cut]  # per GPU, per instance: its workers
+    free = {q: [(g, i) for g, p in enumerate(cut) for i, name in enumerate(p.names(gpu)) if name == q.name]
+            for q in gpu.mig_profiles}
+    for s, workers in sorted(replicas_on.items()):
+        m = gpu.segments[s].mps_workers
+        for start in range(0, len(workers), m):
+            g, i = free[gpu.segments[s].mig_profile].pop(0)
+            slots[g][i] = workers[start:start + m]
+    layouts = [GpuLayout(tuple(p.names(gpu)), tuple(tuple(w) for w in ws)) for p, ws in zip(cut, slots, strict=True)
+               if any(ws)]
+    result.plan = Plan(gpu.name, apps, tuple(layouts))
+    result.gpus_used = len(layouts)
+    result.slices_used = sum(gpu.mig_profiles[gpu.profile_index(name)].compute_slices
+                             for lay in layouts for name, ws in zip(lay.partition, lay.workers, strict=True) if ws)
+    if result.gpus_used == gpus:
+        binding.append(f"GPUs {gpus}/{gpus}")
+    result.reason = "; ".join(binding)
+    return result

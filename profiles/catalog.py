@@ -1,0 +1,274 @@
+"""The catalog: GPU types, published model quality, app specs and profile tables, loaded and validated.
+
+``load_catalog(path)`` takes a directory holding ``catalog.yaml`` or the YAML/JSON file itself; every
+path inside is relative to that file. Everything is checked at load, so later code can trust it.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .errors import CatalogError
+from .mig import enumerate_partitions
+from .tables import ColocationModel, ProfileRow, ProfileTable, RowKey, build_table, load_profile_csv
+from .types import App, GpuType, MigProfile, Task, Variant
+
+DEFAULT_CATALOG = Path(__file__).parent / "data"
+LATENCY_ALLOWANCE = 2.0  # a task's latency budget must cover 2 x its p95 (the paper's queueing allowance)
+
+
+def read_document(path: Path) -> Any:
+    """A YAML or JSON file (by suffix), as plain data."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise CatalogError(f"cannot read ({e.strerror})", file=str(path), fix="check the path") from None
+    try:
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CatalogError(f"not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({detail})",
+                           file=str(path), fix="fix the syntax") from None
+
+
+def field_of(doc: Any, key: str, kind: type | tuple[type, ...], file: Path, where: str = "") -> Any:
+    """``doc[key]``, checked to exist and to be of ``kind``."""
+    name = f"{where}.{key}" if where else key
+    if not isinstance(doc, dict) or key not in doc:
+        raise CatalogError("missing field", file=str(file), field=name, fix=f"add '{key}'")
+    value = doc[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        raise CatalogError(f"expected {' or '.join(k.__name__ for k in kinds)}, got {type(value).__name__}",
+                           file=str(file), field=name, fix="correct its type")
+    return value
+
+
+def positive(value: float, file: Path, name: str) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise CatalogError(f"{value} must be > 0", file=str(file), field=name, fix="give a positive number")
+    return float(value)
+
+
+@dataclass
+class Catalog:
+    root: Path
+    gpus: dict[str, GpuType]
+    apps: dict[str, App]
+    rows: dict[str, dict[RowKey, ProfileRow]]
+    colocation: dict[str, ColocationModel]
+    cuda_context_mib: dict[str, float]
+    _tables: dict[tuple[str, str, str], ProfileTable] = field(default_factory=dict, repr=False)
+
+    def table(self, gpu: str, app: str, task: str) -> ProfileTable:
+        key = (gpu, app, task)
+        if key not in self._tables:
+            self._tables[key] = build_table(self.gpus[gpu], self.apps[app].task(task), self.rows[gpu],
+                                            self.colocation[gpu], self.cuda_context_mib[gpu])
+        return self._tables[key]
+
+    def gpu(self, name: str) -> GpuType:
+        if name not in self.gpus:
+            raise CatalogError(f"unknown GPU type '{name}'", file=str(self.root), field="gpus",
+                               fix=f"use one of {', '.join(self.gpus)}")
+        return self.gpus[name]
+
+    def app(self, name: str) -> App:
+        if name not in self.apps:
+            raise CatalogError(f"unknown app '{name}'", file=str(self.root), field="apps",
+                               fix=f"use one of {', '.join(self.apps)}")
+        return self.apps[name]
+
+    def serves(self, gpu: str, app: str) -> bool:
+        """Whether every task of ``app`` has at least one usable configuration on ``gpu``."""
+        return all(self.table(gpu, app, t).usable.any() for t in self.apps[app].task_names)
+
+    def apps_for(self, gpu: str) -> list[str]:
+        return [a for a in self.apps if self.serves(gpu, a)]
+
+
+def _load_gpu(name: str, doc: Any, file: Path) -> tuple[GpuType, Path, ColocationModel, float]:
+    where = f"gpus.{name}"
+    compute = int(field_of(doc, "compute_slices", int, file, where))
+    slots = int(field_of(doc, "memory_slots", int, file, where))
+    profiles = []
+    for i, p in enumerate(field_of(doc, "mig_profiles", list, file, where)):
+        w = f"{where}.mig_profiles[{i}]"
+        starts = tuple(field_of(p, "starts", list, file, w))
+        profile = MigProfile(field_of(p, "name", str, file, w), field_of(p, "compute_slices", int, file, w),
+                             field_of(p, "sms", int, file, w),
+                             positive(field_of(p, "memory_gib", (int, float), file, w), file, f"{w}.memory_gib"),
+                             field_of(p, "width", int, file, w), starts)
+        if not all(isinstance(s, int) and s >= 0 and s + profile.width <= slots for s in starts):
+            raise CatalogError(f"a start slot lies outside the {slots} memory slots", file=str(file),
+                               field=f"{w}.starts", fix=f"starts must be in 0..{slots - profile.width}")
+        profiles.append(profile)
+    if not any(p.compute_slices == compute for p in profiles):
+        raise CatalogError("no MIG profile spans the whole GPU", file=str(file), field=f"{where}.mig_profiles",
+                           fix=f"add the {compute}g profile (the only segment when S is off)")
+    workers = tuple(field_of(doc, "mps_workers", list, file, where))
+    if 1 not in workers or not all(isinstance(m, int) and m >= 1 for m in workers):
+        raise CatalogError("must be whole numbers >= 1 and include 1", file=str(file),
+                           field=f"{where}.mps_workers", fix="e.g. [1, 2, 4]")
+    coloc = field_of(doc, "colocation", dict, file, where)
+    measured = bool(field_of(coloc, "measured", bool, file, f"{where}.colocation"))
+    slowdown = 1.0 if measured else positive(
+        field_of(coloc, "slowdown_at_4_workers", (int, float), file, f"{where}.colocation"), file,
+        f"{where}.colocation.slowdown_at_4_workers")
+    gpu = GpuType(name, str(doc.get("device_name", name)), compute, slots, tuple(profiles), workers,
+                  enumerate_partitions(profiles, compute, slots))
+    table = file.parent / field_of(doc, "profiles", str, file, where)
+    context = float(doc.get("cuda_context_mib", 0))
+    return gpu, table, ColocationModel(measured, slowdown), context
+
+
+def _load_metrics(path: Path) -> dict[str, float]:
+    """Published quality per model (``model,metric_value``; blank = not published)."""
+    try:
+        with path.open(newline="") as f:
+            return {r["model"]: float(r["metric_value"]) for r in csv.DictReader(f) if r.get("metric_value")}
+    except (OSError, KeyError, ValueError) as e:
+        raise CatalogError(f"cannot read model metrics ({e})", file=str(path), field="model,metric_value",
+                           fix="a CSV with columns model and metric_value") from None
+
+
+def load_app(path: Path, metrics: dict[str, float]) -> App:
+    """One app spec (YAML or JSON): tasks with their variant ladders, edges with fan-outs, SLOs."""
+    doc = read_document(path)
+    name = field_of(doc, "name", str, path)
+    latency = positive(field_of(doc, "latency_slo_ms", (int, float), path), path, "latency_slo_ms")
+    accuracy = field_of(doc, "accuracy_slo", (int, float), path)
+    if not 0 < accuracy <= 1:
+        raise CatalogError(f"{accuracy} is not in (0, 1]", file=str(path), field="accuracy_slo",
+                           fix="a fraction of the best variants' accuracy, e.g. 0.9")
+    tasks = []
+    for tname, tdoc in field_of(doc, "tasks", dict, path).items():
+        where = f"tasks.{tname}"
+        family = field_of(tdoc, "family", str, path, where)
+        given = field_of(tdoc, "variants", (list, dict), path, where)
+        if not given:
+            raise CatalogError("no variants", file=str(path), field=f"{where}.variants", fix="list at least one model")
+        if isinstance(given, dict):  # {model: published metric}
+            raw = {v: positive(float(m), path, f"{where}.variants.{v}") for v, m in given.items()}
+        elif len(given) == 1:
+            raw = {given[0]: 1.0}
+        else:
+            unknown = [v for v in given if v not in metrics]
+            if unknown:
+                raise CatalogError(f"no published metric for variant(s) {', '.join(map(str, unknown))}",
+                                   file=str(path), field=f"{where}.variants",
+                                   fix="use models listed in the catalog's models file, or give {model: metric}")
+            raw = {v: metrics[v] for v in given}
+        best = max(raw.values())
+        ladder = sorted(raw, key=lambda v: raw[v])
+        tasks.append(Task(tname, family, tuple(Variant(tname, v, raw[v] / best) for v in ladder)))
+    names = {t.name for t in tasks}
+    edges: dict[tuple[str, str], float | dict[str, float]] = {}
+    for i, e in enumerate(doc.get("edges") or []):
+        where = f"edges[{i}]"
+        u, v = field_of(e, "from", str, path, where), field_of(e, "to", str, path, where)
+        for end, t in (("from", u), ("to", v)):
+            if t not in names:
+                raise CatalogError(f"unknown task '{t}'", file=str(path), field=f"{where}.{end}",
+                                   fix=f"use one of {', '.join(sorted(names))}")
+        f = field_of(e, "fanout", (int, float, dict), path, where)
+        if isinstance(f, dict):
+            ladder = {x.name for x in tasks if x.name == u for x in x.variants}
+            if set(f) != ladder:
+                raise CatalogError(f"per-variant fan-out must name exactly the variants of '{u}'", file=str(path),
+                                   field=f"{where}.fanout", fix=f"give a factor for each of {', '.join(sorted(ladder))}")
+            f = {k: positive(float(x), path, f"{where}.fanout.{k}") for k, x in f.items()}
+        else:
+            f = positive(float(f), path, f"{where}.fanout")
+        edges[(u, v)] = f
+    app = App(name, tuple(tasks), edges, latency, float(accuracy), str(path))
+    if len(app.topological_order) != len(tasks):
+        cyclic = sorted(names - set(app.topological_order))
+        raise CatalogError(f"the task graph has a cycle through {', '.join(cyclic)}", file=str(path),
+                           field="edges", fix="remove an edge so that requests flow one way")
+    for (u, v), f in edges.items():
+        feeding = _ancestors(app, u) | {u}
+        if isinstance(f, dict) and any(isinstance(g, dict) and b in feeding for (_, b), g in edges.items()):
+            raise CatalogError(f"per-variant fan-out on {u}->{v}, but the demand reaching '{u}' already depends on "
+                               "a variant", file=str(path), field="edges",
+                               fix="only tasks whose demand is fixed may have per-variant fan-outs")
+    return app
+
+
+def _ancestors(app: App, task: str) -> set[str]:
+    """Every task with a path to ``task``."""
+    found: set[str] = set()
+    frontier = [task]
+    while frontier:
+        t = frontier.pop()
+        for u, v in app.edges:
+            if v == t and u not in found:
+                found.add(u)
+                frontier.append(u)
+    return found
+
+
+def check_slos(catalog: Catalog, app: App) -> None:
+    """Refuse an app whose SLOs no configuration can meet on any GPU type that profiles it."""
+    gpus = [g for g in catalog.gpus if catalog.serves(g, app.name)]
+    if not gpus:
+        raise CatalogError("no GPU type in the catalog profiles every task of this app", file=app.source_file,
+                           field="tasks", fix="use variants whose family and model appear in a profile table")
+    best_latency, best_accuracy = math.inf, 0.0
+    for gpu in gpus:
+        fastest = []
+        for t in app.tasks:
+            table = catalog.table(gpu, app.name, t.name)
+            p95 = np.where(table.usable, table.p95_ms, np.inf).min(axis=(1, 2))
+            fastest.append(LATENCY_ALLOWANCE * p95)
+        index = {t.name: i for i, t in enumerate(app.tasks)}
+        paths = [[index[t] for t in p] for p in app.paths()]
+        for choice in itertools.islice(itertools.product(*(range(len(t.variants)) for t in app.tasks)), 100_000):
+            acc = min(math.prod(app.tasks[i].variants[choice[i]].accuracy for i in p) for p in paths)
+            best_accuracy = max(best_accuracy, acc)
+            if acc >= app.accuracy_slo - 1e-12:
+                lat = max(sum(fastest[i][choice[i]] for i in p) for p in paths)
+                best_latency = min(best_latency, lat)
+    if best_accuracy < app.accuracy_slo - 1e-12:
+        raise CatalogError(f"no variant choice reaches accuracy {app.accuracy_slo} (best {best_accuracy:.4f})",
+                           file=app.source_file, field="accuracy_slo", fix=f"lower it to <= {best_accuracy:.4f}")
+    if best_latency > app.latency_slo_ms:
+        raise CatalogError(f"no configuration meets {app.latency_slo_ms:g} ms at accuracy {app.accuracy_slo} "
+                           f"(fastest path needs {best_latency:.1f} ms = {LATENCY_ALLOWANCE:g} x p95 summed)",
+                           file=app.source_file, field="latency_slo_ms", fix=f"raise it to >= {math.ceil(best_latency)}")
+
+
+def load_catalog(path: Path | str | None = None) -> Catalog:
+    """Load and validate a catalog: a directory with ``catalog.yaml``, or the YAML/JSON file itself."""
+    path = Path(path) if path is not None else DEFAULT_CATALOG
+    file = path / "catalog.yaml" if path.is_dir() else path
+    if not file.exists():
+        raise CatalogError("no such catalog", file=str(file), fix="give a directory with catalog.yaml or the file itself")
+    doc = read_document(file)
+    if not isinstance(doc, dict):
+        raise CatalogError("expected a mapping at the top level", file=str(file), fix="see profiles/data/catalog.yaml")
+    gpus, rows, coloc, context = {}, {}, {}, {}
+    for name, gdoc in field_of(doc, "gpus", dict, file).items():
+        gpu, table, coloc[name], context[name] = _load_gpu(name, gdoc, file)
+        gpus[name], rows[name] = gpu, load_profile_csv(table)
+    metrics = _load_metrics(file.parent / field_of(doc, "models", str, file))
+    apps: dict[str, App] = {}
+    for rel in field_of(doc, "apps", list, file):
+        app = load_app(file.parent / str(rel), metrics)
+        if app.name in apps:
+            raise CatalogError(f"app '{app.name}' defined twice", file=app.source_file, field="name",
+                               fix="give each app its own name")
+        apps[app.name] = app
+    catalog = Catalog(file, gpus, apps, rows, coloc, context)
+    for app in apps.values():
+        check_slos(catalog, app)
+    return catalog

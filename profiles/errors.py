@@ -1,0 +1,32 @@
+"""The one exception hierarchy. The CLI turns any ``JigsawError`` into one line and exit status 2."""
+
+from __future__ import annotations
+
+
+class JigsawError(Exception):
+    """A problem with something the user gave us: names the file, the field and the fix."""
+
+    def __init__(self, message: str, *, file: str | None = None, field: str | None = None,
+                 fix: str | None = None) -> None:
+        self.message = message
+        self.file = file
+        self.field = field
+        self.fix = fix
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = ": ".join(part for part in (self.file, self.field) if part)
+        text = f"{where}: {self.message}" if where else self.message
+        return f"{text} (fix: {self.fix})" if self.fix else text
+
+
+class CatalogError(JigsawError):
+    """A malformed or inconsistent catalog, app spec or profile table."""
+
+
+class PlanError(JigsawError):
+    """A plan that does not fit the catalog or cannot be read."""
+
+
+class SolverError(JigsawError):
+    """A solver request that cannot be posed (unknown app, bad demand, bad options)."""

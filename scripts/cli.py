@@ -1,0 +1,178 @@
+"""The ``jigsaw`` command. Each verb is a thin shell over the library; ``main`` is the one place where a
+``JigsawError`` becomes one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from tqdm import tqdm
+
+from agents.capacity import PAPER_AST_OVER_AT, PAPER_RATIOS, ablation
+from agents.ilp import Features, SolveResult, SolverOptions, solve
+from profiles.catalog import Catalog, load_catalog
+from profiles.errors import JigsawError, SolverError
+
+EXIT_INFEASIBLE = 1
+EXIT_BAD_INPUT = 2
+
+
+def _solver_options(args: argparse.Namespace) -> SolverOptions:
+    return SolverOptions(headroom=args.headroom, time_limit_s=args.time_limit, mip_gap=args.gap)
+
+
+def _split(text: str, what: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise SolverError(f"empty {what} list", field=f"--{what}", fix="give comma-separated values")
+    return items
+
+
+def _rates(text: str, apps: list[str]) -> list[float]:
+    try:
+        rates = [float(x) for x in _split(text, "rps")]
+    except ValueError:
+        raise SolverError(f"'{text}' is not a list of numbers", field="--rps", fix="e.g. --rps 200,50") from None
+    if len(rates) == 1:
+        rates *= len(apps)
+    if len(rates) != len(apps):
+        raise SolverError(f"{len(rates)} rates for {len(apps)} apps", field="--rps",
+                          fix="give one rate, or one per app in --app order")
+    return rates
+
+
+def solve_document(result: SolveResult, catalog: Catalog) -> dict[str, Any]:
+    doc: dict[str, Any] = {"status": result.status, "reason": result.reason, "slices_used": result.slices_used,
+                           "gpus_used": result.gpus_used, "solve_seconds": round(result.solve_seconds, 3), "apps": {},
+                           "gpus": []}
+    for c in result.choices:
+        app = doc["apps"].setdefault(c.app, {"tasks": {}, "paths": {}})
+        app["tasks"][c.task] = {"variant": c.variant, "segment": c.segment.mig_profile.name,
+                                "mps_workers": c.segment.mps_workers, "batch": c.batch, "replicas": c.replicas,
+                                "budget_ms": round(c.budget_ms, 3), "p95_ms": round(c.p95_ms, 3),
+                                "demand_rps": round(c.demand_rps, 3), "profile": c.kind}
+    for name, paths in result.path_latency_ms.items():
+        doc["apps"][name]["paths"] = {p: {"latency_ms": round(v, 3), "accuracy": round(result.path_accuracy[name][p], 5)}
+                                      for p, v in paths.items()}
+    if result.plan is not None:
+        doc["gpus"] = [{"partition": list(g.partition), "workers": [list(w) for w in g.workers]}
+                       for g in result.plan.gpus]
+    return doc
+
+
+def _print_solve(result: SolveResult, catalog: Catalog, gpus: int, gpu_type: str) -> None:
+    print(f"status: {result.status} ({result.reason})  solve {result.solve_seconds:.2f} s")
+    if result.plan is None:
+        return
+    total = gpus * catalog.gpus[gpu_type].compute_slices
+    print(f"slices used: {result.slices_used} of {total} ({gpus} x {gpu_type}); GPUs used: {result.gpus_used}")
+    header = f"  {'task':16} {'variant':34} {'segment':8} {'mps':>3} {'batch':>5} {'repl':>4} {'budget ms':>9} " \
+             f"{'p95 ms':>7} {'items/s':>8}  profile"
+    for name in result.path_latency_ms:
+        app = catalog.apps[name]
+        print(f"\n{name}: latency SLO {app.latency_slo_ms:g} ms (p95), accuracy SLO {app.accuracy_slo:g}")
+        print(header)
+        for c in (c for c in result.choices if c.app == name):
+            print(f"  {c.task:16} {c.variant:34} {c.segment.mig_profile.name:8} {c.segment.mps_workers:>3} "
+                  f"{c.batch:>5} {c.replicas:>4} {c.budget_ms:>9.1f} {c.p95_ms:>7.2f} {c.demand_rps:>8.1f}  {c.kind}")
+        for p, v in result.path_latency_ms[name].items():
+            print(f"  path {p}: 2xp95 sum {v:.1f} ms, accuracy {result.path_accuracy[name][p]:.4f}")
+    print("\nMIG layout ([workers] per instance, - = idle):")
+    for i, g in enumerate(result.plan.gpus):
+        cells = [f"{p}[{','.join(w) if w else '-'}]" for p, w in zip(g.partition, g.workers, strict=True)]
+        print(f"  GPU {i}: " + "  ".join(cells))
+
+
+def cmd_solve(args: argparse.Namespace) -> int:
+    catalog = load_catalog(args.catalog)
+    apps = _split(args.app, "app")
+    demand = dict(zip(apps, _rates(args.rps, apps), strict=True))
+    result = solve(catalog, args.gpu_type, demand, args.gpus, Features.parse(args.features), _solver_options(args))
+    if args.json:
+        print(json.dumps(solve_document(result, catalog), indent=1))
+    else:
+        _print_solve(result, catalog, args.gpus, args.gpu_type)
+    return 0 if result.plan is not None else EXIT_INFEASIBLE
+
+
+def cmd_capacity(args: argparse.Namespace) -> int:
+    catalog = load_catalog(args.catalog)
+    gpu = catalog.gpu(args.gpu_type)
+    apps = _split(args.app, "app") if args.app else catalog.apps_for(gpu.name)
+    for a in apps:
+        catalog.app(a)
+    with tqdm(desc="feasibility checks", unit="MILP", file=sys.stderr, disable=args.json or None) as bar:
+        results = ablation(catalog, gpu.name, apps, args.gpus, _solver_options(args), args.tolerance, bar.update)
+    base = results["none"].max_rps
+    ratio = {n: (r.max_rps / base if base > 0 else float("nan")) for n, r in results.items()}
+    at = results["A+T"].max_rps
+    ast_over_at = results["A+S+T"].max_rps / at if at > 0 else float("nan")
+    if args.json:
+        doc = {"gpus": args.gpus, "gpu_type": gpu.name, "apps": apps, "ast_over_at": ast_over_at,
+               "paper": {"ratio_to_none": PAPER_RATIOS, "ast_over_at": PAPER_AST_OVER_AT},
+               "feature_sets": {n: {"max_rps": round(r.max_rps, 3), "ratio_to_none": ratio[n], "checks": r.checks,
+                                    "undecided_checks": r.undecided, "configs": r.configs,
+                                    "whole_gpu_configs": r.whole_gpu_configs, "reason": r.reason}
+                                for n, r in results.items()}}
+        print(json.dumps(doc, indent=1, allow_nan=True).replace("NaN", "null"))
+        return 0
+    print(f"maximum serviceable demand on {args.gpus} x {gpu.name} ({args.gpus * gpu.compute_slices} slices), "
+          f"apps {', '.join(apps)} at equal rates; bisection to {args.tolerance:.0%}")
+    print(f"{'features':8} {'max req/s':>11} {'x none':>8} {'paper':>6}  configurations used (whole-GPU)")
+    for n, r in results.items():
+        kinds = ", ".join(f"{v} {k}" for k, v in r.configs.items())
+        note = f"  [{r.undecided} checks hit the time limit: a lower bound]" if r.undecided else ""
+        note += f"  [{r.reason}]" if r.reason else ""
+        print(f"{n:8} {r.max_rps:>11.1f} {ratio[n]:>8.2f} {PAPER_RATIOS[n]:>6.2f}  {kinds} ({r.whole_gpu_configs}){note}")
+    print(f"A+S+T over A+T: {ast_over_at:.2f}x (paper {PAPER_AST_OVER_AT}x)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jigsaw", description="Autoscaling for compound inference on partitioned GPUs.")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def common(p: argparse.ArgumentParser, time_limit_s: float) -> None:
+        p.add_argument("--catalog", default=None, help="catalog directory or file (default: the built-in one)")
+        p.add_argument("--gpu-type", default="h100", help="GPU type from the catalog (default h100)")
+        p.add_argument("--headroom", type=float, default=SolverOptions.headroom,
+                       help="capacity provisioned per unit of demand (default %(default)s)")
+        p.add_argument("--time-limit", type=float, default=time_limit_s,
+                       help="hard wall-clock bound per MILP, seconds (default %(default)s)")
+        p.add_argument("--gap", type=float, default=SolverOptions.mip_gap, help="relative MIP gap (default %(default)s)")
+        p.add_argument("--json", action="store_true", help="print one JSON document")
+
+    p = verbs.add_parser("solve", help="one exact plan for a demand")
+    common(p, SolverOptions.time_limit_s)
+    p.add_argument("--app", required=True, help="app name(s), comma-separated")
+    p.add_argument("--rps", required=True, help="req/s per app, comma-separated (one value = every app)")
+    p.add_argument("--gpus", type=int, required=True, help="GPUs in the cluster")
+    p.add_argument("--features", default="A,S,T", help="levers: A accuracy, S spatial, T budgeting (default A,S,T)")
+    p.set_defaults(run=cmd_solve)
+
+    p = verbs.add_parser("capacity", help="maximum serviceable demand for all eight feature sets")
+    common(p, 10.0)  # per feasibility check; a check that hits it counts as infeasible (reported)
+    p.add_argument("--gpus", type=int, default=120, help="GPUs in the cluster (default 120)")
+    p.add_argument("--app", default=None, help="app name(s), comma-separated (default: every app of the GPU type)")
+    p.add_argument("--tolerance", type=float, default=0.01, help="relative bisection tolerance (default 0.01)")
+    p.set_defaults(run=cmd_capacity)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except JigsawError as e:
+        print(f"jigsaw: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("jigsaw: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""How plans become processes: workers, backends, router, reconciler, daemon (issue 5)."""
