@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import highspy
@@ -237,9 +238,11 @@ class _Rows:
 
 
 def _build(gpu: GpuType, blocks: list[_AppBlock], gpus: int | None, opts: SolverOptions, objective: str,
-           current: dict[tuple[str, str], int] | None = None) -> _Model:
+           current: dict[tuple[str, str], int] | None = None, current_cuts: dict[int, int] | None = None) -> _Model:
     """``objective``: "plan" (slices, then accuracy, GPUs, changes), "feasibility" (none: stop at the
-    first feasible point) or "gpus" (fewest GPUs, for diagnosing a cluster that is too small)."""
+    first feasible point) or "gpus" (fewest GPUs, for diagnosing a cluster that is too small).
+    ``current`` ((app, task) -> candidate index) and ``current_cuts`` (maximal partition index -> GPUs cut so
+    now) earn a small reward for keeping what runs, so an unchanged demand never re-cuts a GPU."""
     inf = highspy.kHighsInf
     col = 0
     y_cols: list[list[int]] = []
@@ -257,6 +260,8 @@ def _build(gpu: GpuType, blocks: list[_AppBlock], gpus: int | None, opts: Solver
     parts = gpu.maximal_partitions
     w = col
     col += len(parts)
+    kept_cuts = {p: col + i for i, p in enumerate(sorted(current_cuts or {}))}  # kept[p] <= min(w[p], now[p])
+    col += len(kept_cuts)
     most = np.max([p.counts for p in parts], axis=0)  # instances of each profile one GPU can hold
     workers_per_gpu = np.array([most[gpu.profile_index(s.mig_profile.name)] * s.mps_workers for s in gpu.segments])
     gpu_cap = gpus if gpus is not None else inf
@@ -314,8 +319,12 @@ def _build(gpu: GpuType, blocks: list[_AppBlock], gpus: int | None, opts: Solver
             rows.add(np.concatenate([mine, w + np.arange(len(parts))]), np.concatenate([np.ones(len(mine)), -counts]),
                      -inf, 0)
     rows.add(w + np.arange(len(parts)), np.ones(len(parts)), -inf, gpu_cap)
+    for p, k_col in kept_cuts.items():
+        rows.add(np.array([k_col, w + p]), np.array([1.0, -1.0]), -inf, 0)
+        upper[k_col] = (current_cuts or {})[p]
     if objective == "plan":
-        cost[w:] = 1e-3 / (gpus or 1)
+        cost[w:w + len(parts)] = 1e-3 / (gpus or 1)
+        cost[list(kept_cuts.values())] = -1e-4 / (gpus or 1)
     elif objective == "gpus":
         cost[w:] = 1.0
     matrix = sparse.csc_matrix((np.concatenate(rows.v), (np.concatenate(rows.r), np.concatenate(rows.c))),
@@ -410,22 +419,30 @@ def solve(catalog: Catalog, gpu_type: str, demand: dict[str, float], gpus: int, 
     blocks, reason = prepare(catalog, gpu, demand, features, opts, current)
     if reason:
         return SolveResult("infeasible", reason, time.perf_counter() - start)
-    keep = _current_choices(gpu, blocks, current) if current is not None else None
-    model = _build(gpu, blocks, gpus, opts, "plan", keep)
+    keep, cuts = _current_choices(gpu, blocks, current) if current is not None else (None, None)
+    model = _build(gpu, blocks, gpus, opts, "plan", keep, cuts)
     status, x, gap = _run(model, opts.time_limit_s, opts.mip_gap)
     if x is None:
         reason = (_diagnose(gpu, blocks, gpus, opts) if status == "infeasible"
                   else f"no feasible plan found within the {opts.time_limit_s:g} s time limit")
         return SolveResult(status, reason, time.perf_counter() - start)
-    result = _extract(gpu, model, x, gpus, features, opts)
+    result = _extract(gpu, model, x, gpus, features, opts, current)
     result.status, result.gap, result.solve_seconds = status, gap, time.perf_counter() - start
     gap_text = f"proven optimal (gap {gap:.2g})" if status == "optimal" else f"time limit hit, gap {gap:.2%}"
     result.reason = gap_text + (f"; binding: {result.reason}" if result.reason else "")
     return result
 
 
-def _current_choices(gpu: GpuType, blocks: list[_AppBlock], current: Plan) -> dict[tuple[str, str], int]:
-    """(app, task) -> index of the candidate the current plan runs, where it is still a candidate."""
+def _current_choices(gpu: GpuType, blocks: list[_AppBlock],
+                     current: Plan) -> tuple[dict[tuple[str, str], int], dict[int, int]]:
+    """(app, task) -> index of the candidate the current plan runs, where it is still a candidate; and
+    maximal partition index -> how many GPUs the current plan cuts that way."""
+    cuts: dict[int, int] = {}
+    for layout in current.gpus:
+        p = next((i for i, p in enumerate(gpu.maximal_partitions) if sorted(p.names(gpu)) == sorted(layout.partition)),
+                 None)
+        if p is not None:
+            cuts[p] = cuts.get(p, 0) + 1
     found = {}
     for b in blocks:
         for c in b.cands:
@@ -436,7 +453,7 @@ def _current_choices(gpu: GpuType, blocks: list[_AppBlock], current: Plan) -> di
             k = next((k for k in range(len(c.p95_ms)) if _describe(gpu, c, k) == wanted), None)
             if k is not None:
                 found[(b.app.name, c.task)] = k
-    return found
+    return found, cuts
 
 
 def _describe(gpu: GpuType, c: Candidates, k: int) -> tuple[str, str, int, int]:
@@ -461,7 +478,7 @@ def _diagnose(gpu: GpuType, blocks: list[_AppBlock], gpus: int, opts: SolverOpti
 
 
 def _extract(gpu: GpuType, model: _Model, x: np.ndarray, gpus: int, features: Features,
-             opts: SolverOptions) -> SolveResult:
+             opts: SolverOptions, current: Plan | None = None) -> SolveResult:
     """Turn a solution vector into choices, a plan with its MIG layout, and what binds."""
     result = SolveResult("", "", 0.0)
     binding: list[str] = []
@@ -496,17 +513,18 @@ def _extract(gpu: GpuType, model: _Model, x: np.ndarray, gpus: int, features: Fe
         binding += [f"{b.app.name} accuracy {p} {v:.3f}/{b.app.accuracy_slo:g}" for p, v in path_acc.items()
                     if v <= 1.005 * b.app.accuracy_slo]
     counts = np.round(x[model.w:model.w + len(gpu.maximal_partitions)]).astype(int)
-    cut = [p for p, c in zip(gpu.maximal_partitions, counts, strict=True) for _ in range(c)]
-    slots = [[[] for _ in p.names(gpu)] for p in cut]  # per GPU, per instance: its workers
-    free = {q: [(g, i) for g, p in enumerate(cut) for i, name in enumerate(p.names(gpu)) if name == q.name]
-            for q in gpu.mig_profiles}
+    cut = [tuple(p.names(gpu)) for p, c in zip(gpu.maximal_partitions, counts, strict=True) for _ in range(c)]
+    chunks = []  # (MIG profile, the workers sharing one instance of it)
     for s, workers in sorted(replicas_on.items()):
-        m = gpu.segments[s].mps_workers
-        for start in range(0, len(workers), m):
-            g, i = free[gpu.segments[s].mig_profile].pop(0)
-            slots[g][i] = workers[start:start + m]
-    layouts = [GpuLayout(tuple(p.names(gpu)), tuple(tuple(w) for w in ws)) for p, ws in zip(cut, slots, strict=True)
-               if any(ws)]
+        m, profile = gpu.segments[s].mps_workers, gpu.segments[s].mig_profile.name
+        chunks += [(profile, tuple(workers[i:i + m])) for i in range(0, len(workers), m)]
+    slots, cut = _keep_current(cut, chunks, current)
+    free = {q.name: deque((g, i) for g, names in enumerate(cut) for i, n in enumerate(names)
+                          if n == q.name and slots[g][i] is None) for q in gpu.mig_profiles}
+    for profile, workers in chunks:
+        g, i = free[profile].popleft()
+        slots[g][i] = workers
+    layouts = [GpuLayout(names, tuple(w or () for w in ws)) for names, ws in zip(cut, slots, strict=True) if any(ws)]
     result.plan = Plan(gpu.name, apps, tuple(layouts))
     result.gpus_used = len(layouts)
     result.slices_used = sum(gpu.mig_profiles[gpu.profile_index(name)].compute_slices
@@ -515,3 +533,25 @@ def _extract(gpu: GpuType, model: _Model, x: np.ndarray, gpus: int, features: Fe
         binding.append(f"GPUs {gpus}/{gpus}")
     result.reason = "; ".join(binding)
     return result
+
+
+def _keep_current(cut: list[tuple[str, ...]], chunks: list[tuple[str, tuple[str, ...]]],
+                  current: Plan | None) -> tuple[list[list[tuple[str, ...] | None]], list[tuple[str, ...]]]:
+    """Order the GPUs cut so that a GPU cut as before keeps its place, and let every instance that already
+    hosts exactly the workers a chunk needs keep them (taking those chunks out of ``chunks``)."""
+    order: list[tuple[str, ...] | None] = [None] * len(cut)
+    rest = list(cut)
+    for g, layout in enumerate(current.gpus if current else ()):
+        if g < len(order) and layout.partition in rest:
+            order[g] = layout.partition
+            rest.remove(layout.partition)
+    cut = [p if p is not None else rest.pop(0) for p in order]
+    slots: list[list[tuple[str, ...] | None]] = [[None] * len(p) for p in cut]
+    for g, layout in enumerate(current.gpus[:len(cut)] if current else ()):
+        if layout.partition != cut[g]:
+            continue
+        for i, (profile, workers) in enumerate(zip(layout.partition, layout.workers, strict=True)):
+            if workers and (profile, tuple(workers)) in chunks:
+                chunks.remove((profile, tuple(workers)))
+                slots[g][i] = tuple(workers)
+    return slots, cut

@@ -53,7 +53,10 @@ def field_of(doc: Any, key: str, kind: type | tuple[type, ...], file: Path, wher
     return value
 
 
-def positive(value: float, file: Path, name: str) -> float:
+def positive(value: Any, file: Path, name: str) -> float:
+    """A number > 0 (YAML may hand us a string, a list or null: say so instead of crashing)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CatalogError(f"expected a number, got {value!r}", file=str(file), field=name, fix="give a number > 0")
     if not math.isfinite(value) or value <= 0:
         raise CatalogError(f"{value} must be > 0", file=str(file), field=name, fix="give a positive number")
     return float(value)
@@ -135,7 +138,10 @@ def _load_metrics(path: Path) -> dict[str, float]:
     """Published quality per model (``model,metric_value``; blank = not published)."""
     try:
         with path.open(newline="") as f:
-            return {r["model"]: float(r["metric_value"]) for r in csv.DictReader(f) if r.get("metric_value")}
+            reader = csv.DictReader(f)
+            if not {"model", "metric_value"} <= set(reader.fieldnames or []):
+                raise KeyError("model/metric_value columns")
+            return {r["model"]: float(r["metric_value"]) for r in reader if r.get("metric_value")}
     except (OSError, KeyError, ValueError) as e:
         raise CatalogError(f"cannot read model metrics ({e})", file=str(path), field="model,metric_value",
                            fix="a CSV with columns model and metric_value") from None
@@ -153,12 +159,17 @@ def load_app(path: Path, metrics: dict[str, float]) -> App:
     tasks = []
     for tname, tdoc in field_of(doc, "tasks", dict, path).items():
         where = f"tasks.{tname}"
+        if not isinstance(tname, str):
+            raise CatalogError("task names must be text", file=str(path), field=where, fix="quote the name")
         family = field_of(tdoc, "family", str, path, where)
         given = field_of(tdoc, "variants", (list, dict), path, where)
         if not given:
             raise CatalogError("no variants", file=str(path), field=f"{where}.variants", fix="list at least one model")
         if isinstance(given, dict):  # {model: published metric}
-            raw = {v: positive(float(m), path, f"{where}.variants.{v}") for v, m in given.items()}
+            raw = {v: positive(m, path, f"{where}.variants.{v}") for v, m in given.items()}
+        elif not all(isinstance(v, str) for v in given):
+            raise CatalogError("variants must be model names", file=str(path), field=f"{where}.variants",
+                               fix="a list of names, or {name: published metric}")
         elif len(given) == 1:
             raw = {given[0]: 1.0}
         else:
@@ -182,13 +193,13 @@ def load_app(path: Path, metrics: dict[str, float]) -> App:
                                    fix=f"use one of {', '.join(sorted(names))}")
         f = field_of(e, "fanout", (int, float, dict), path, where)
         if isinstance(f, dict):
-            ladder = {x.name for x in tasks if x.name == u for x in x.variants}
+            ladder = {x.name for x in next(t for t in tasks if t.name == u).variants}
             if set(f) != ladder:
                 raise CatalogError(f"per-variant fan-out must name exactly the variants of '{u}'", file=str(path),
                                    field=f"{where}.fanout", fix=f"give a factor for each of {', '.join(sorted(ladder))}")
-            f = {k: positive(float(x), path, f"{where}.fanout.{k}") for k, x in f.items()}
+            f = {k: positive(x, path, f"{where}.fanout.{k}") for k, x in f.items()}
         else:
-            f = positive(float(f), path, f"{where}.fanout")
+            f = positive(f, path, f"{where}.fanout")
         edges[(u, v)] = f
     app = App(name, tuple(tasks), edges, latency, float(accuracy), str(path))
     if len(app.topological_order) != len(tasks):
@@ -241,6 +252,10 @@ def check_slos(catalog: Catalog, app: App) -> None:
     if best_accuracy < app.accuracy_slo - 1e-12:
         raise CatalogError(f"no variant choice reaches accuracy {app.accuracy_slo} (best {best_accuracy:.4f})",
                            file=app.source_file, field="accuracy_slo", fix=f"lower it to <= {best_accuracy:.4f}")
+    if math.isinf(best_latency):
+        raise CatalogError(f"no variant choice that reaches accuracy {app.accuracy_slo} has a usable configuration",
+                           file=app.source_file, field="accuracy_slo",
+                           fix="lower it, or profile the accurate variants on some GPU type")
     if best_latency > app.latency_slo_ms:
         raise CatalogError(f"no configuration meets {app.latency_slo_ms:g} ms at accuracy {app.accuracy_slo} "
                            f"(fastest path needs {best_latency:.1f} ms = {LATENCY_ALLOWANCE:g} x p95 summed)",
@@ -268,6 +283,14 @@ def load_catalog(path: Path | str | None = None) -> Catalog:
             raise CatalogError(f"app '{app.name}' defined twice", file=app.source_file, field="name",
                                fix="give each app its own name")
         apps[app.name] = app
+    profiled = {(family, model) for table in rows.values() for family, model, *_ in table}
+    for app in apps.values():
+        for t in app.tasks:
+            for v in t.variants:
+                if (t.family, v.name) not in profiled:
+                    raise CatalogError(f"variant '{v.name}' of family '{t.family}' has no row in any profile table",
+                                       file=app.source_file, field=f"tasks.{t.name}.variants",
+                                       fix="check the model and family names, or measure it with `jigsaw profile`")
     catalog = Catalog(file, gpus, apps, rows, coloc, context)
     for app in apps.values():
         check_slos(catalog, app)

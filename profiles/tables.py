@@ -81,7 +81,9 @@ class ProfileTable:
         return np.isin(self.kind, (ConfigKind.MEASURED, ConfigKind.MODELLED, ConfigKind.ESTIMATED))
 
 
-def _number(text: str, where: str, field: str, *, blank_ok: bool = False) -> float:
+def _number(text: str | None, where: str, field: str, *, blank_ok: bool = False) -> float:
+    if text is None:  # csv gives None for the cells of a short row
+        raise CatalogError("the row has too few cells", file=where, field=field, fix="give every column a value")
     if blank_ok and text.strip() == "":
         return math.nan
     try:
