@@ -12,7 +12,7 @@ from profiles.catalog import Catalog
 from profiles.tables import ConfigKind
 from profiles.types import GpuType
 
-from .ilp import FEATURE_SETS, Features, SolverOptions, _AppBlock, _build, _check_request, _run, prepare
+from .ilp import FEATURE_SETS, AppBlock, Features, SolverOptions, check_request, is_feasible, prepare
 
 # The paper's analytical table (120 H100 = 840 slices), capacity relative to no lever.
 PAPER_RATIOS = {"none": 1.0, "A": 1.6, "S": 5.25, "T": 1.1, "A+T": 1.9, "S+T": 7.8, "A+S": 12.1, "A+S+T": 21.6}
@@ -30,7 +30,7 @@ class CapacityResult:
     whole_gpu_configs: int = 0  # of those, on the whole GPU with one worker
 
 
-def upper_bound(gpu: GpuType, blocks: list[_AppBlock], gpus: int, headroom: float) -> float:
+def upper_bound(gpu: GpuType, blocks: list[AppBlock], gpus: int, headroom: float) -> float:
     """Per-app rate no plan can exceed: each task needs at least headroom * rate * F_t / (its best
     items/s per slice) slices, and the cluster has gpus * compute_slices."""
     slices = np.array([s.slices for s in gpu.segments])
@@ -52,7 +52,7 @@ def max_serviceable_demand(catalog: Catalog, gpu_type: str, apps: list[str], gpu
         plan that needs fewer levers stays feasible with more), where the bisection may start.
     :param on_check: called after each feasibility MILP (progress).
     """
-    _check_request(opts, gpus, dict.fromkeys(apps, 0.0))
+    check_request(opts, gpus, dict.fromkeys(apps, 0.0))
     gpu = catalog.gpu(gpu_type)
     blocks, reason = prepare(catalog, gpu, dict.fromkeys(apps, 1.0), features, opts)
     if reason:
@@ -66,11 +66,10 @@ def max_serviceable_demand(catalog: Catalog, gpu_type: str, apps: list[str], gpu
     low = min(known_feasible_rps / len(apps), high)
     while high - low > rel_tol * high:
         rate = (low + high) / 2
-        model = _build(gpu, [_AppBlock(b.app, rate, b.cands, b.terms) for b in blocks], gpus, opts, "feasibility")
-        status, x, _ = _run(model, opts.time_limit_s, opts.mip_gap)
+        status = is_feasible(gpu, blocks, rate, gpus, opts)
         result.checks += 1
         result.undecided += status == "timeout"
-        if x is not None:
+        if status in ("optimal", "feasible"):
             low = rate
         else:
             high = rate

@@ -197,7 +197,9 @@ def demand_terms(app: App, cands: list[Candidates]) -> list[tuple[float, list[tu
 
 
 @dataclass
-class _AppBlock:
+class AppBlock:
+    """One app's part of the program: its rate, candidates and demand terms."""
+
     app: App
     rate_rps: float
     cands: list[Candidates]
@@ -206,7 +208,7 @@ class _AppBlock:
 
 @dataclass
 class _Model:
-    blocks: list[_AppBlock]
+    blocks: list[AppBlock]
     y: list[list[int]]  # first y column of each task, per app
     n: list[list[int]]
     inst: dict[int, int]  # segment type index -> its column
@@ -237,7 +239,7 @@ class _Rows:
         self.upper.append(upper)
 
 
-def _build(gpu: GpuType, blocks: list[_AppBlock], gpus: int | None, opts: SolverOptions, objective: str,
+def _build(gpu: GpuType, blocks: list[AppBlock], gpus: int | None, opts: SolverOptions, objective: str,
            current: dict[tuple[str, str], int] | None = None, current_cuts: dict[int, int] | None = None) -> _Model:
     """``objective``: "plan" (slices, then accuracy, GPUs, changes), "feasibility" (none: stop at the
     first feasible point) or "gpus" (fewest GPUs, for diagnosing a cluster that is too small).
@@ -376,7 +378,7 @@ def _run(model: _Model, time_limit_s: float, mip_gap: float) -> tuple[str, np.nd
 
 
 def prepare(catalog: Catalog, gpu: GpuType, demand: dict[str, float], features: Features, opts: SolverOptions,
-            current: Plan | None = None) -> tuple[list[_AppBlock], str]:
+            current: Plan | None = None) -> tuple[list[AppBlock], str]:
     """Candidates and demand terms for every app; a non-empty reason if some task has no candidate."""
     blocks = []
     for name, rate in demand.items():
@@ -393,11 +395,11 @@ def prepare(catalog: Catalog, gpu: GpuType, demand: dict[str, float], features: 
         cands, reason = candidates(catalog, gpu, app, features, opts, keep)
         if reason:
             return [], reason
-        blocks.append(_AppBlock(app, float(rate), cands, demand_terms(app, cands)))
+        blocks.append(AppBlock(app, float(rate), cands, demand_terms(app, cands)))
     return blocks, ""
 
 
-def _check_request(opts: SolverOptions, gpus: int, demand: dict[str, float]) -> None:
+def check_request(opts: SolverOptions, gpus: int, demand: dict[str, float]) -> None:
     if not demand:
         raise SolverError("no app given", field="--app", fix="name at least one app")
     if gpus < 1:
@@ -413,7 +415,7 @@ def solve(catalog: Catalog, gpu_type: str, demand: dict[str, float], gpus: int, 
 
     :param current: the plan in force; among equally cheap plans the one with fewer changes wins.
     """
-    _check_request(opts, gpus, demand)
+    check_request(opts, gpus, demand)
     gpu = catalog.gpu(gpu_type)
     start = time.perf_counter()
     blocks, reason = prepare(catalog, gpu, demand, features, opts, current)
@@ -433,7 +435,14 @@ def solve(catalog: Catalog, gpu_type: str, demand: dict[str, float], gpus: int, 
     return result
 
 
-def _current_choices(gpu: GpuType, blocks: list[_AppBlock],
+def is_feasible(gpu: GpuType, blocks: list[AppBlock], rate_rps: float, gpus: int, opts: SolverOptions) -> str:
+    """Whether some plan serves every app of ``blocks`` at ``rate_rps`` on ``gpus`` GPUs: the solver status
+    ("optimal" = feasible, "infeasible", or "timeout" when the time limit left it undecided)."""
+    scaled = [AppBlock(b.app, rate_rps, b.cands, b.terms) for b in blocks]
+    return _run(_build(gpu, scaled, gpus, opts, "feasibility"), opts.time_limit_s, opts.mip_gap)[0]
+
+
+def _current_choices(gpu: GpuType, blocks: list[AppBlock],
                      current: Plan) -> tuple[dict[tuple[str, str], int], dict[int, int]]:
     """(app, task) -> index of the candidate the current plan runs, where it is still a candidate; and
     maximal partition index -> how many GPUs the current plan cuts that way."""
@@ -461,7 +470,7 @@ def _describe(gpu: GpuType, c: Candidates, k: int) -> tuple[str, str, int, int]:
     return c.app.task(c.task).variants[c.variant[k]].name, seg.mig_profile.name, seg.mps_workers, int(c.batch[k])
 
 
-def _diagnose(gpu: GpuType, blocks: list[_AppBlock], gpus: int, opts: SolverOptions) -> str:
+def _diagnose(gpu: GpuType, blocks: list[AppBlock], gpus: int, opts: SolverOptions) -> str:
     """Which constraint makes the request infeasible: the cluster size, or one app's SLOs."""
     model = _build(gpu, blocks, None, opts, "gpus")
     status, x, _ = _run(model, opts.time_limit_s, opts.mip_gap)
@@ -470,7 +479,7 @@ def _diagnose(gpu: GpuType, blocks: list[_AppBlock], gpus: int, opts: SolverOpti
         exact = "" if status == "optimal" else "at most "
         return f"GPU capacity: serving this demand within the SLOs needs {exact}{needed} GPUs, the cluster has {gpus}"
     for b in blocks:
-        idle = _AppBlock(b.app, 0.0, b.cands, b.terms)
+        idle = AppBlock(b.app, 0.0, b.cands, b.terms)
         if _run(_build(gpu, [idle], None, opts, "feasibility"), opts.time_limit_s, opts.mip_gap)[0] == "infeasible":
             return (f"app {b.app.name}: no configuration meets latency {b.app.latency_slo_ms:g} ms and accuracy "
                     f"{b.app.accuracy_slo} on every path together")

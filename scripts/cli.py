@@ -107,9 +107,9 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     with tqdm(desc="feasibility checks", unit="MILP", file=sys.stderr, disable=args.json or None) as bar:
         results = ablation(catalog, gpu.name, apps, args.gpus, _solver_options(args), args.tolerance, bar.update)
     base = results["none"].max_rps
-    ratio = {n: (r.max_rps / base if base > 0 else float("nan")) for n, r in results.items()}
+    ratio = {n: (r.max_rps / base if base > 0 else None) for n, r in results.items()}  # None: nothing fits S off
     at = results["A+T"].max_rps
-    ast_over_at = results["A+S+T"].max_rps / at if at > 0 else float("nan")
+    ast_over_at = results["A+S+T"].max_rps / at if at > 0 else None
     if args.json:
         doc = {"gpus": args.gpus, "gpu_type": gpu.name, "apps": apps, "ast_over_at": ast_over_at,
                "paper": {"ratio_to_none": PAPER_RATIOS, "ast_over_at": PAPER_AST_OVER_AT},
@@ -117,7 +117,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
                                     "undecided_checks": r.undecided, "configs": r.configs,
                                     "whole_gpu_configs": r.whole_gpu_configs, "reason": r.reason}
                                 for n, r in results.items()}}
-        print(json.dumps(doc, indent=1, allow_nan=True).replace("NaN", "null"))
+        print(json.dumps(doc, indent=1))
         return 0
     print(f"maximum serviceable demand on {args.gpus} x {gpu.name} ({args.gpus * gpu.compute_slices} slices), "
           f"apps {', '.join(apps)} at equal rates; bisection to {args.tolerance:.0%}")
@@ -126,8 +126,10 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         kinds = ", ".join(f"{v} {k}" for k, v in r.configs.items())
         note = f"  [{r.undecided} checks hit the time limit: a lower bound]" if r.undecided else ""
         note += f"  [{r.reason}]" if r.reason else ""
-        print(f"{n:8} {r.max_rps:>11.1f} {ratio[n]:>8.2f} {PAPER_RATIOS[n]:>6.2f}  {kinds} ({r.whole_gpu_configs}){note}")
-    print(f"A+S+T over A+T: {ast_over_at:.2f}x (paper {PAPER_AST_OVER_AT}x)")
+        shown = f"{ratio[n]:>8.2f}" if ratio[n] is not None else f"{'-':>8}"
+        print(f"{n:8} {r.max_rps:>11.1f} {shown} {PAPER_RATIOS[n]:>6.2f}  {kinds} ({r.whole_gpu_configs}){note}")
+    shown = f"{ast_over_at:.2f}x" if ast_over_at is not None else "- (A+T serves nothing)"
+    print(f"A+S+T over A+T: {shown} (paper {PAPER_AST_OVER_AT}x)")
     return 0
 
 
@@ -169,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JigsawError as e:
         print(f"jigsaw: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # the reader (e.g. `| head`) left; nothing to report
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("jigsaw: interrupted", file=sys.stderr)
         return 130
