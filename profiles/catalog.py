@@ -23,6 +23,7 @@ from .tables import ColocationModel, ProfileRow, ProfileTable, RowKey, build_tab
 from .types import App, GpuType, MigProfile, Task, Variant
 
 DEFAULT_CATALOG = Path(__file__).parent / "data"
+_JOINT_SEARCH_LIMIT = 100_000  # variant combinations checked jointly per app
 LATENCY_ALLOWANCE = 2.0  # a task's latency budget must cover 2 x its p95 (the paper's queueing allowance)
 
 
@@ -234,21 +235,26 @@ def check_slos(catalog: Catalog, app: App) -> None:
     if not gpus:
         raise CatalogError("no GPU type in the catalog profiles every task of this app", file=app.source_file,
                            field="tasks", fix="use variants whose family and model appear in a profile table")
-    best_latency, best_accuracy = math.inf, 0.0
-    for gpu in gpus:
-        fastest = []
-        for t in app.tasks:
-            table = catalog.table(gpu, app.name, t.name)
-            p95 = np.where(table.usable, table.p95_ms, np.inf).min(axis=(1, 2))
-            fastest.append(LATENCY_ALLOWANCE * p95)
-        index = {t.name: i for i, t in enumerate(app.tasks)}
-        paths = [[index[t] for t in p] for p in app.paths()]
-        for choice in itertools.islice(itertools.product(*(range(len(t.variants)) for t in app.tasks)), 100_000):
-            acc = min(math.prod(app.tasks[i].variants[choice[i]].accuracy for i in p) for p in paths)
-            best_accuracy = max(best_accuracy, acc)
-            if acc >= app.accuracy_slo - 1e-12:
-                lat = max(sum(fastest[i][choice[i]] for i in p) for p in paths)
-                best_latency = min(best_latency, lat)
+    index = {t.name: i for i, t in enumerate(app.tasks)}
+    paths = [[index[t] for t in p] for p in app.paths()]
+    # Search variant choices for the whole app jointly when that is small enough; otherwise path by path,
+    # a necessary condition (it never rejects an app some choice could serve).
+    joint = math.prod(len(t.variants) for t in app.tasks) <= _JOINT_SEARCH_LIMIT
+    scopes = [paths] if joint else [[p] for p in paths]
+    best_latency, best_accuracy = 0.0, 1.0
+    for scope in scopes:
+        tasks = sorted({i for p in scope for i in p})
+        scope_latency, scope_accuracy = math.inf, 0.0
+        for gpu in gpus:
+            fastest = {i: LATENCY_ALLOWANCE * np.where(table.usable, table.p95_ms, np.inf).min(axis=(1, 2))
+                       for i in tasks for table in [catalog.table(gpu, app.name, app.tasks[i].name)]}
+            for picks in itertools.product(*(range(len(app.tasks[i].variants)) for i in tasks)):
+                choice = dict(zip(tasks, picks, strict=True))
+                acc = min(math.prod(app.tasks[i].variants[choice[i]].accuracy for i in p) for p in scope)
+                scope_accuracy = max(scope_accuracy, acc)
+                if acc >= app.accuracy_slo - 1e-12:
+                    scope_latency = min(scope_latency, max(sum(fastest[i][choice[i]] for i in p) for p in scope))
+        best_latency, best_accuracy = max(best_latency, scope_latency), min(best_accuracy, scope_accuracy)
     if best_accuracy < app.accuracy_slo - 1e-12:
         raise CatalogError(f"no variant choice reaches accuracy {app.accuracy_slo} (best {best_accuracy:.4f})",
                            file=app.source_file, field="accuracy_slo", fix=f"lower it to <= {best_accuracy:.4f}")

@@ -442,3 +442,21 @@ def test_cli_reports_bad_catalog_in_one_line(toy, tmp_path, corrupt):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert str(tmp_path) in lines[0]
+
+
+def _wide_app(latency_slo_ms: float) -> dict:
+    """17 parallel copies of task 'a': 2^17 variant choices, beyond the joint search, so checked per path."""
+    return {"name": "wide", "latency_slo_ms": latency_slo_ms, "accuracy_slo": 0.85,
+            "tasks": {f"t{i}": {"family": "fa", "variants": ["a_small", "a_big"]} for i in range(17)}}
+
+
+def test_wide_app_is_checked_path_by_path_not_truncated(toy, tmp_path):
+    toy.apps["wide.yaml"] = _wide_app(100)
+    toy.write(tmp_path)
+    assert "wide" in load_catalog(tmp_path).apps
+
+
+def test_wide_app_with_unreachable_latency_is_refused(toy, tmp_path):
+    toy.apps["wide.yaml"] = _wide_app(0.01)
+    e = load_error(toy, tmp_path)
+    assert e.file.endswith("wide.yaml") and e.field == "latency_slo_ms"
