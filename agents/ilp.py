@@ -471,7 +471,9 @@ def _describe(gpu: GpuType, c: Candidates, k: int) -> tuple[str, str, int, int]:
 
 
 def _diagnose(gpu: GpuType, blocks: list[AppBlock], gpus: int, opts: SolverOptions) -> str:
-    """Which constraint makes the request infeasible: the cluster size, or one app's SLOs."""
+    """Which constraint makes the request infeasible: the cluster size, or one app's SLOs. All of it shares
+    one time limit, so an infeasible answer takes at most twice the limit (one to prove, one to explain)."""
+    deadline = time.perf_counter() + opts.time_limit_s
     model = _build(gpu, blocks, None, opts, "gpus")
     status, x, _ = _run(model, opts.time_limit_s, opts.mip_gap)
     if x is not None:
@@ -479,11 +481,15 @@ def _diagnose(gpu: GpuType, blocks: list[AppBlock], gpus: int, opts: SolverOptio
         exact = "" if status == "optimal" else "at most "
         return f"GPU capacity: serving this demand within the SLOs needs {exact}{needed} GPUs, the cluster has {gpus}"
     for b in blocks:
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            break
         idle = AppBlock(b.app, 0.0, b.cands, b.terms)
-        if _run(_build(gpu, [idle], None, opts, "feasibility"), opts.time_limit_s, opts.mip_gap)[0] == "infeasible":
+        if _run(_build(gpu, [idle], None, opts, "feasibility"), left, opts.mip_gap)[0] == "infeasible":
             return (f"app {b.app.name}: no configuration meets latency {b.app.latency_slo_ms:g} ms and accuracy "
                     f"{b.app.accuracy_slo} on every path together")
-    return f"GPU capacity: no plan found on any number of GPUs within the {opts.time_limit_s:g} s time limit"
+    return (f"GPU capacity: no plan found on any number of GPUs within the {opts.time_limit_s:g} s time limit "
+            "(the SLOs of each app alone were not shown unmeetable)")
 
 
 def _extract(gpu: GpuType, model: _Model, x: np.ndarray, gpus: int, features: Features,
