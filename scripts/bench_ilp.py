@@ -2,7 +2,8 @@
 
 Demand per app = 50% of the rate no plan can exceed on that cluster (``capacity.upper_bound``), so
 every size is loaded alike. Prints a table, then one JSON line:
-{"solve_s": {"1app": {"4": s, ...}, "3apps": {...}}, "status": {...}, "slices": {...}}.
+{"solve_s": {"1app": {"4": s, ...}, "3apps": {...}}, "status": {...}, "slices": {...},
+ "bound_check": {"limit_s": 1, "wall_s": s, "status": ...}}.
 Usage: python scripts/bench_ilp.py [--repeats 3] [--sizes 4,16,64,120,512] [--time-limit 60]
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import time
 
 from agents.capacity import upper_bound
 from agents.ilp import Features, SolverOptions, prepare, solve
@@ -42,6 +44,14 @@ def main() -> None:
             figures["slices"][name][str(gpus)] = runs[0].slices_used
             print(f"{name:6} {gpus:>4} GPUs  {rate:>9.1f} req/s per app  median {median:7.3f} s  "
                   f"{runs[0].status:10} {runs[0].slices_used} slices", flush=True)
+    # The hard bound: a large solve under a 1 s limit must answer in about 1 s (plus the cancel grace).
+    apps = WORKLOADS["3apps"]
+    blocks, _ = prepare(catalog, gpu, dict.fromkeys(apps, 1.0), Features(), opts)
+    rate = 0.5 * upper_bound(gpu, blocks, 512, opts.headroom)
+    start = time.perf_counter()
+    bounded = solve(catalog, "h100", dict.fromkeys(apps, rate), 512, opts=SolverOptions(time_limit_s=1.0))
+    figures["bound_check"] = {"limit_s": 1.0, "wall_s": round(time.perf_counter() - start, 3), "status": bounded.status}
+    print(f"3apps 512 GPUs under a 1 s limit: answered in {figures['bound_check']['wall_s']} s, {bounded.status}")
     print(json.dumps(figures))
 
 
