@@ -30,3 +30,12 @@ class PlanError(JigsawError):
 
 class SolverError(JigsawError):
     """A solver request that cannot be posed (unknown app, bad demand, bad options)."""
+
+
+class TraceError(JigsawError):
+    """A malformed trace file or an impossible trace request; ``line`` is the 1-based line in ``file``."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 field: str | None = None, fix: str | None = None) -> None:
+        self.line = line
+        super().__init__(message, file=f"{file}:{line}" if file and line else file, field=field, fix=fix)
