@@ -9,10 +9,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from agents.capacity import PAPER_AST_OVER_AT, PAPER_RATIOS, ablation
 from agents.ilp import Features, SolveResult, SolverOptions, solve
+from env.traces import Trace, load_trace
 from profiles.catalog import Catalog, load_catalog
 from profiles.errors import JigsawError, SolverError
 
@@ -133,6 +135,43 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     return 0
 
 
+def plot_trace(trace: Trace, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for j, app in enumerate(trace.apps):
+        ax.step(trace.times_s, trace.rates_rps[:, j], where="post", label=app)
+    train, _ = trace.split()
+    ax.axvline(train.end_s, color="grey", linestyle="--", label="held-out from here")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("rate (req/s)")
+    ax.set_title(trace.source)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def cmd_trace_show(args: argparse.Namespace) -> int:
+    trace = load_trace(args.file, time_scale=args.time_scale, rate_scale=args.rate_scale)
+    train, held_out = trace.split()
+    print(f"{trace.source}: {len(trace.times_s)} bins of {trace.bin_s:g} s = {trace.duration_s:g} s; "
+          f"train {train.duration_s:g} s, held out {held_out.duration_s:g} s (last quarter)")
+    print(f"  {'app':20} {'mean req/s':>11} {'p95 req/s':>10} {'peak req/s':>11} {'peak/mean':>9}")
+    for j, app in enumerate(trace.apps):
+        rates = trace.rates_rps[:, j]
+        mean = rates.mean()
+        ratio = f"{rates.max() / mean:9.2f}" if mean > 0 else f"{'-':>9}"
+        print(f"  {app:20} {mean:11.2f} {np.percentile(rates, 95):10.2f} {rates.max():11.2f} {ratio}")
+    if args.plot:
+        plot_trace(trace, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jigsaw", description="Autoscaling for compound inference on partitioned GPUs.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -161,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--app", default=None, help="app name(s), comma-separated (default: every app of the GPU type)")
     p.add_argument("--tolerance", type=float, default=0.01, help="relative bisection tolerance (default 0.01)")
     p.set_defaults(run=cmd_capacity)
+
+    p = verbs.add_parser("trace", help="inspect a demand trace")
+    trace_verbs = p.add_subparsers(dest="trace_verb", required=True, metavar="VERB")
+    p = trace_verbs.add_parser("show", help="summary of a trace (CSV, Azure LLM or Azure Functions format)")
+    p.add_argument("file", help="trace file")
+    p.add_argument("--plot", metavar="PNG", help="also write a plot of the rates")
+    p.add_argument("--time-scale", type=float, default=1.0, help="multiply the time axis (0.5 = twice as fast)")
+    p.add_argument("--rate-scale", type=float, default=1.0, help="multiply the rates")
+    p.set_defaults(run=cmd_trace_show)
     return parser
 
 

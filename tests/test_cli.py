@@ -1,0 +1,54 @@
+"""The `jigsaw` command as a user runs it: JSON contracts, exit statuses, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def jigsaw(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "scripts.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=120)
+
+
+def test_solve_json_has_the_documented_keys():
+    run = jigsaw("solve", "--app", "social_media,traffic_analysis", "--rps", "200,50", "--gpus", "2", "--json")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["status"] == "optimal"
+    assert {"status", "slices_used", "gpus_used", "solve_seconds", "apps", "gpus"} <= set(doc)
+    for app in ("social_media", "traffic_analysis"):
+        for task in doc["apps"][app]["tasks"].values():
+            assert {"variant", "segment", "batch", "replicas", "budget_ms"} <= set(task)
+    assert all(isinstance(g["partition"], list) and g["partition"] for g in doc["gpus"])
+    assert doc["gpus_used"] == len(doc["gpus"]) <= 2
+
+
+def test_infeasible_demand_exits_1_with_the_binding_constraint():
+    run = jigsaw("solve", "--app", "ar_assistant", "--rps", "50000", "--gpus", "1", "--json")
+    assert run.returncode == 1
+    doc = json.loads(run.stdout)
+    assert doc["status"] == "infeasible" and "GPU" in doc["reason"]
+
+
+def test_trace_show_prints_a_summary_and_writes_a_plot(tmp_path):
+    png = tmp_path / "trace.png"
+    run = jigsaw("trace", "show", "profiles/data/traces/diurnal_3apps.csv", "--plot", str(png))
+    assert run.returncode == 0, run.stderr
+    assert "held out" in run.stdout and "social_media" in run.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_trace_is_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("time_s,app,rps\n0,a,1\n60,a,abc\n")
+    run = jigsaw("trace", "show", str(bad))
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+    assert f"{bad}:3" in run.stderr and "rps" in run.stderr
