@@ -509,8 +509,10 @@ def _extract(gpu: GpuType, model: _Model, x: np.ndarray, gpus: int, features: Fe
                     for p in paths}
         result.path_latency_ms[b.app.name], result.path_accuracy[b.app.name] = path_lat, path_acc
         apps[b.app.name] = {}
-        for ti, (c, k, (const, terms)) in enumerate(zip(b.cands, picks, b.terms, strict=True)):
-            items = const + sum(float(coef[picks[ui]]) for ui, coef in terms)
+        variants = {c.task: b.app.task(c.task).variants[c.variant[k]].name for c, k in zip(b.cands, picks, strict=True)}
+        items_per_request = b.app.items_per_request(variants)
+        for ti, (c, k) in enumerate(zip(b.cands, picks, strict=True)):
+            items = items_per_request[c.task]
             if features.budgeting:
                 budget = lat[c.task] * min(b.app.latency_slo_ms / path_lat[">".join(p)] for p in paths if c.task in p)
             else:

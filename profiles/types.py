@@ -160,6 +160,18 @@ class App:
             walk((s,))
         return out
 
+    def items_per_request(self, variants: dict[str, str]) -> dict[str, float]:
+        """Items reaching each task per app request (F_t), through the fan-outs of the chosen ``variants``
+        (task -> variant name)."""
+        items = dict.fromkeys(self.task_names, 0.0)
+        for t in self.topological_order:
+            if all(v != t for _, v in self.edges):
+                items[t] = 1.0
+            for u, v in self.edges:
+                if u == t:
+                    items[v] += items[t] * self.fanout(u, v, variants[t])
+        return items
+
     def fanout(self, u: str, v: str, variant: str) -> float:
         f = self.edges[(u, v)]
         return f[variant] if isinstance(f, dict) else f
