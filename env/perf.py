@@ -1,0 +1,314 @@
+"""The analytic performance model: a plan and a demand in, utilisation, latency, SLO violations out.
+
+``compile_plan(catalog, plan)`` turns a plan into flat arrays once (it may loop); ``evaluate(compiled,
+demand_rps)`` is pure numpy over those arrays, vectorised over any number of demands at once, for the
+RL environment's thousands of calls a second. ``env.sim`` is the ground truth this approximates.
+
+The model, per task t of app a (times in ms, rates in items/s):
+
+* Arrivals. An app request brings F_t items to t (the product of the fan-outs along the edges into t,
+  with the fan-out of the plan's chosen upstream variant). lam_t = rate_a * F_t, spread evenly over the
+  n_t replicas: lam_r = lam_t / n_t. Utilisation rho_t = lam_t / (n_t * thr_t), thr_t the profile's
+  items/s of one worker at the plan's batch b_t.
+* Batching wait. A replica fills a batch of b_t from Poisson arrivals: the k-th of its items waits for
+  b_t - k more arrivals, an Erlang(b_t - k) time, so a random item's wait is an equal mixture of
+  Erlang(0 .. b_t - 1) at rate lam_q, whose p95 is exactly kappa_b / lam_q (kappa_b solves
+  (1/b) sum_{j<b} P(Poisson(kappa) < j) = 0.05; kappa_1 = 0, kappa_2 = ln 10, kappa_4 = 4.79,
+  kappa_64 = 62.9). A batch timeout tau_t = BATCH_TIMEOUT_SHARE * max(0, budget_t - p95_t) (half of what
+  the task's budget leaves after its p95 service time) bounds every wait. Every item is charged
+  fill_t = min(1000 kappa_b / lam_q, tau_t), the fill's p95, as a fixed delay (conservative for the
+  violation fraction). lam_q = min(lam_r, RHO_MAX thr_t): like the queue below, the fill is evaluated at
+  no more than RHO_MAX, so latency stops changing past RHO_MAX and violation cannot dip between RHO_MAX
+  and overload. Below it a batched task's latency may fall as load rises (its batches fill sooner), as
+  on a real server.
+* Service. The batch's service time S is a shifted exponential d_t + Exp(mean m_t) with the mean the
+  profile's throughput implies, mu_t = 1000 b_t / thr_t (so that rho is the server's busy fraction), and
+  the profile's p95: m_t = max(0, p95_t - mu_t) / (ln 20 - 1), d_t = max(0, mu_t - m_t) (then
+  P(S > p95_t) = 5%; d_t is clipped only where p95 > 2.99 mu, never in our tables). E[S] = d_t + m_t,
+  squared coefficient of variation cs2 = (m_t / E[S])^2. (The profile's p50 is not used.)
+* Queueing. Each replica is a G/G/1 server of batches (Kingman): batches arrive with Erlang-b_t gaps
+  (ca2 = 1 / b_t), Wq_t = (ca2 + cs2) / 2 * rq / (1 - rq) * E[S], with rq = min(rho_t, RHO_MAX). The
+  wait is 0 with probability 1 - rq and otherwise exponential with mean Wq_t / rq. (b = 1 and constant
+  service gives the exact M/D/1 mean rho S / (2 (1 - rho)).)
+* A path P's latency = D_P + R_P: D_P = sum_t (fill_t + d_t) is fixed; R_P, the sum of the queue waits
+  and service tails, is taken as 0 w.p. 1 - pi_P and otherwise exponential with mean theta_P, matching
+  its mean M_P = sum_t (Wq_t + m_t) and its chance of being positive pi_P = 1 - prod_t (1 - pi_t)
+  (pi_t = 1 if t's service has a tail, else rq): theta_P = M_P / pi_P. Hence
+      P(L_P > x) = pi_P exp(-(x - D_P) / theta_P) for x >= D_P (1 below),
+      p95_P = D_P + theta_P ln(pi_P / 0.05) if pi_P > 0.05, else D_P.
+* Overload. A path admits the share s_P = 1 / max(1, max_{t in P} rho_t) of its requests (its bottleneck);
+  the rest, 1 - s_P, is violated. The admitted share's queues are evaluated at rho capped at RHO_MAX (an
+  early-dropping server keeps its queue near, not beyond, saturation). Path violation
+      v_P = (1 - s_P) + s_P P(L_P > SLO_a).
+* An app request is late if any of its paths is: v_a = 1 - prod_{P of a} (1 - v_P) (paths as independent).
+* Accuracy of a path = product of the chosen variants' normalised accuracies.
+
+Approximations to keep in mind: every item is charged the batching wait's p95 and the full batch's
+service time (even when the timeout sends a partial batch); throughput is the full batch's; replicas share
+load evenly; fill and queue waits add although a batch partly fills while the server is busy; the
+exponential that replaces a sum of tails overstates its p95; paths are treated as independent although they
+share tasks (overstates v_a); a request's items behind a fan-out are treated as one item (the slowest of k
+is not modelled); latency is per admitted item, so overload shows in the violation, not in the p95.
+Against a Monte Carlo of one replica's queue (tests/test_perf.py) the p95 is 0.95-1.3x the simulated one;
+at 50-90% load with batches of 4-8 and 40-60 ms services it is ~1.2-1.35x and the violation fraction
+2-6x (e.g. 0.08 predicted vs 0.01 simulated): conservative, to be calibrated against ``env.sim``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import poisson
+
+from env.plan import Plan
+from profiles.catalog import Catalog
+from profiles.errors import PlanError
+from profiles.tables import ConfigKind
+from profiles.types import GpuType
+
+BATCH_TIMEOUT_SHARE = 0.5  # share of (budget - p95) a replica waits for its batch to fill
+RHO_MAX = 0.95  # queues are evaluated at no more than this utilisation (see the module docstring)
+_TAIL = 0.05  # p95: the 5% tail
+_TINY = 1e-300
+
+
+@dataclass(frozen=True)
+class CompiledPlan:
+    """A plan as flat arrays. Tasks are every (app, task) of the plan; paths every source-to-sink path."""
+
+    app_names: tuple[str, ...]
+    task_keys: tuple[tuple[str, str], ...]  # (app, task), task order of every per-task array
+    path_keys: tuple[tuple[str, tuple[str, ...]], ...]  # (app, task names), path order
+    # per task [n_tasks]
+    task_app: np.ndarray  # index into app_names
+    p50_ms: np.ndarray  # one replica's batch service time at the plan's batch
+    p95_ms: np.ndarray
+    throughput_rps: np.ndarray  # items/s of one replica
+    replicas: np.ndarray
+    batch: np.ndarray
+    budget_ms: np.ndarray
+    items_per_request: np.ndarray  # F_t
+    accuracy: np.ndarray  # normalised accuracy of the chosen variant
+    # per path [n_paths]
+    incidence: np.ndarray  # [n_paths, n_tasks], 0/1
+    path_app: np.ndarray
+    latency_slo_ms: np.ndarray
+    path_accuracy: np.ndarray
+    # per app [n_apps]
+    accuracy_slo: np.ndarray
+    slices_used: float  # compute slices of MIG instances hosting >= 1 worker
+    gpus_used: int  # GPUs hosting >= 1 worker
+    # derived for evaluate (see the module docstring)
+    _lam_scale: np.ndarray  # F_t / n_t: per-replica items/s per app req/s
+    _inv_thr: np.ndarray  # 1 / thr_t
+    _fill_ms_rps: np.ndarray  # 1000 kappa_b
+    _timeout_ms: np.ndarray  # tau_t
+    _lam_cap: np.ndarray  # RHO_MAX thr_t: the load the fill wait is evaluated at, at most
+    _queue_coef_ms: np.ndarray  # (ca2 + cs2) / 2 * E[S]
+    _tail_flag: np.ndarray  # 1 where the service time has a tail
+    _fixed_ms: np.ndarray  # d_t
+    _tail_ms: np.ndarray  # m_t
+    _inc_t: np.ndarray  # incidence.T, float [n_tasks, n_paths]
+    _path_in_app: np.ndarray  # [n_paths, n_apps], 0/1
+    _fixed_outputs: tuple[np.ndarray, np.ndarray, np.ndarray]  # read-only path accuracy, slices, GPUs
+
+    @property
+    def n_apps(self) -> int:
+        return len(self.app_names)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """What ``evaluate`` predicts. ``...`` is the demand's leading shape (none for one demand, [n_demands]
+    for a batch); arrays that do not depend on demand are read-only broadcast views."""
+
+    utilisation: np.ndarray  # [..., n_tasks] rho: arriving items/s over the replicas' capacity
+    path_p95_ms: np.ndarray  # [..., n_paths] p95 end-to-end latency of admitted requests
+    path_violation: np.ndarray  # [..., n_paths] fraction of requests over the latency SLO (or not admitted)
+    app_violation: np.ndarray  # [..., n_apps] fraction of the app's requests that miss the SLO
+    app_violated_rps: np.ndarray  # [..., n_apps] req/s that miss: demand x app_violation
+    violation: np.ndarray  # [...] demand-weighted violation over all apps (0 when there is no demand)
+    path_accuracy: np.ndarray  # [..., n_paths] product of the variants' normalised accuracies
+    slices_used: np.ndarray  # [...] compute slices
+    gpus_used: np.ndarray  # [...]
+
+
+def _fail(message: str, field: str, fix: str) -> PlanError:
+    return PlanError(message, file="plan", field=field, fix=fix)
+
+
+def compile_plan(catalog: Catalog, plan: Plan) -> CompiledPlan:
+    """Resolve ``plan`` against ``catalog`` into the arrays ``evaluate`` reads. Raises ``PlanError`` (naming the
+    field and the fix) for an unknown GPU type, app, task, variant, segment or batch, a configuration with no
+    usable profile, a bad replica count or budget, or a MIG layout the GPU type cannot hold."""
+    if plan.gpu_type not in catalog.gpus:
+        raise _fail(f"unknown GPU type '{plan.gpu_type}'", "gpu_type", f"use one of {', '.join(catalog.gpus)}")
+    gpu = catalog.gpus[plan.gpu_type]
+    if not plan.apps:
+        raise _fail("the plan serves no app", "apps", "give every app a configuration per task")
+    app_names = tuple(plan.apps)
+    cols: dict[str, list[float]] = {k: [] for k in ("app", "p50", "p95", "thr", "n", "b", "budget", "F", "acc")}
+    task_keys: list[tuple[str, str]] = []
+    path_keys: list[tuple[str, tuple[str, ...]]] = []
+    for ai, name in enumerate(app_names):
+        if name not in catalog.apps:
+            raise _fail(f"unknown app '{name}'", "apps", f"use one of {', '.join(catalog.apps)}")
+        app = catalog.apps[name]
+        configs = plan.apps[name]
+        missing = [t for t in app.task_names if t not in configs]
+        extra = [t for t in configs if t not in app.task_names]
+        if missing or extra:
+            raise _fail(f"app '{name}': tasks {sorted(extra)} unknown, {sorted(missing)} missing", f"apps.{name}",
+                        f"configure exactly the tasks {', '.join(app.task_names)}")
+        items = app.items_per_request({t: c.variant for t, c in configs.items()})
+        for t in app.task_names:
+            cfg, where = configs[t], f"apps.{name}.{t}"
+            table = catalog.table(gpu.name, name, t)
+            if cfg.variant not in table.variants:
+                raise _fail(f"unknown variant '{cfg.variant}'", f"{where}.variant",
+                            f"use one of {', '.join(table.variants)}")
+            s = next((i for i, g in enumerate(table.segments)
+                      if g.mig_profile.name == cfg.segment and g.mps_workers == cfg.mps_workers), None)
+            if s is None:
+                raise _fail(f"no segment '{cfg.segment}' with {cfg.mps_workers} MPS worker(s) on {gpu.name}",
+                            f"{where}.segment", f"use one of {', '.join(g.name for g in table.segments)}")
+            if cfg.batch not in table.batches:
+                raise _fail(f"batch {cfg.batch} is not profiled", f"{where}.batch",
+                            f"use one of {', '.join(map(str, table.batches))}")
+            v, b = table.variants.index(cfg.variant), table.batches.index(cfg.batch)
+            if not table.usable[v, s, b]:
+                kind = ConfigKind(int(table.kind[v, s, b])).name.lower()
+                raise _fail(f"{cfg.variant} on {table.segments[s].name} at batch {cfg.batch} has no usable profile "
+                            f"({kind})", where, "choose a configuration the profile table holds (see `jigsaw solve`)")
+            if not (isinstance(cfg.replicas, int) and cfg.replicas >= 1):
+                raise _fail(f"{cfg.replicas} replicas", f"{where}.replicas", "give a whole number >= 1")
+            if not (math.isfinite(cfg.budget_ms) and cfg.budget_ms > 0):
+                raise _fail(f"budget {cfg.budget_ms} ms", f"{where}.budget_ms", "give a finite number of ms > 0")
+            task_keys.append((name, t))
+            for key, value in (("app", ai), ("p50", table.p50_ms[v, s, b]), ("p95", table.p95_ms[v, s, b]),
+                               ("thr", table.throughput_rps[v, s, b]), ("n", cfg.replicas), ("b", cfg.batch),
+                               ("budget", cfg.budget_ms), ("F", items[t]),
+                               ("acc", app.task(t).variants[v].accuracy)):
+                cols[key].append(float(value))
+        path_keys += [(name, p) for p in app.paths()]
+    index = {k: i for i, k in enumerate(task_keys)}
+    incidence = np.zeros((len(path_keys), len(task_keys)))
+    for pi, (name, path) in enumerate(path_keys):
+        incidence[pi, [index[(name, t)] for t in path]] = 1.0
+    slices, gpus_used = _layout_usage(plan, gpu, set(task_keys))
+    arr = {k: np.array(v) for k, v in cols.items()}
+    p50, p95, batch = arr["p50"], arr["p95"], arr["b"]
+    mu = 1000.0 * batch / arr["thr"]
+    tail = np.maximum(0.0, p95 - mu) / (math.log(1.0 / _TAIL) - 1.0)
+    fixed = np.maximum(0.0, mu - tail)
+    mean = fixed + tail
+    cs2 = (tail / mean) ** 2
+    path_app = np.array([app_names.index(a) for a, _ in path_keys])
+    acc = arr["acc"]
+    path_acc = np.exp(incidence @ np.log(acc))
+    return CompiledPlan(
+        app_names=app_names, task_keys=tuple(task_keys), path_keys=tuple(path_keys),
+        task_app=arr["app"].astype(np.intp), p50_ms=p50, p95_ms=p95, throughput_rps=arr["thr"],
+        replicas=arr["n"].astype(np.int64), batch=batch.astype(np.int64), budget_ms=arr["budget"],
+        items_per_request=arr["F"], accuracy=acc, incidence=incidence.astype(np.int8), path_app=path_app,
+        latency_slo_ms=np.array([catalog.apps[a].latency_slo_ms for a, _ in path_keys]), path_accuracy=path_acc,
+        accuracy_slo=np.array([catalog.apps[a].accuracy_slo for a in app_names]),
+        slices_used=slices, gpus_used=gpus_used,
+        _lam_scale=arr["F"] / arr["n"], _inv_thr=1.0 / arr["thr"], _lam_cap=RHO_MAX * arr["thr"],
+        _fill_ms_rps=1000.0 * np.array([fill_p95_arrivals(int(x)) for x in batch]),
+        _timeout_ms=BATCH_TIMEOUT_SHARE * np.maximum(0.0, arr["budget"] - p95),
+        _queue_coef_ms=(1.0 / batch + cs2) / 2.0 * mean, _tail_flag=(tail > 0).astype(float),
+        _fixed_ms=fixed, _tail_ms=tail, _inc_t=np.ascontiguousarray(incidence.T),
+        _path_in_app=(path_app[:, None] == np.arange(len(app_names))[None, :]).astype(float),
+        _fixed_outputs=(_read_only(path_acc), _read_only(np.array(slices)), _read_only(np.array(gpus_used))))
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+@functools.cache
+def fill_p95_arrivals(batch: int) -> float:
+    """kappa_b: the p95 of a random item's wait for its batch of ``batch`` to fill, in mean inter-arrival
+    times (an equal mixture of Erlang(0 .. batch - 1)). Solved by bisection; 0 for batch 1."""
+    if batch <= 1:
+        return 0.0
+    lo, hi = 0.0, 10.0 * batch + 50.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if float(poisson.cdf(np.arange(batch) - 1, mid).mean()) > _TAIL:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def _layout_usage(plan: Plan, gpu: GpuType, tasks: set[tuple[str, str]]) -> tuple[float, int]:
+    """Compute slices of MIG instances hosting >= 1 worker, and GPUs hosting >= 1 worker."""
+    profiles = {p.name: p for p in gpu.mig_profiles}
+    valid = {p.counts for p in gpu.partitions}
+    slices, used = 0.0, 0
+    for g, layout in enumerate(plan.gpus):
+        where = f"gpus[{g}]"
+        unknown = [n for n in layout.partition if n not in profiles]
+        if unknown:
+            raise _fail(f"unknown MIG profile(s) {', '.join(unknown)}", f"{where}.partition",
+                        f"use profiles of {gpu.name}: {', '.join(profiles)}")
+        counts = tuple(layout.partition.count(p.name) for p in gpu.mig_profiles)
+        if layout.partition and counts not in valid:
+            raise _fail(f"{list(layout.partition)} is not a valid {gpu.name} partition", f"{where}.partition",
+                        "use a partition the GPU's placement rules allow")
+        if len(layout.workers) != len(layout.partition):
+            raise _fail("each MIG instance needs its (possibly empty) worker list", f"{where}.workers",
+                        "one list per entry of partition")
+        for name, workers in zip(layout.partition, layout.workers, strict=True):
+            for w in workers:
+                if tuple(w.split("/", 1)) not in tasks:
+                    raise _fail(f"worker '{w}' is no task of the plan", f"{where}.workers", "name workers app/task")
+            if workers:
+                slices += profiles[name].compute_slices
+        used += any(layout.workers)
+    return slices, used
+
+
+def evaluate(compiled: CompiledPlan, demand_rps: np.ndarray) -> Metrics:
+    """Predict the plan's behaviour under ``demand_rps`` (req/s per app, in ``compiled.app_names`` order).
+
+    :param demand_rps: shape [n_apps] or [n_demands, n_apps]; finite and >= 0 (not checked, for speed).
+    :return: ``Metrics`` whose arrays carry the demand's leading shape (see the module docstring for the model).
+    """
+    c = compiled
+    d = np.asarray(demand_rps, dtype=float)
+    if d.shape[-1:] != (len(c.app_names),):
+        raise ValueError(f"demand_rps has shape {d.shape}; the last axis must be the {len(c.app_names)} apps")
+    lam_r = d[..., c.task_app] * c._lam_scale  # items/s reaching one replica
+    rho = lam_r * c._inv_thr
+    rq = np.minimum(rho, RHO_MAX)
+    fill = np.minimum(c._fill_ms_rps / np.maximum(np.minimum(lam_r, c._lam_cap), _TINY), c._timeout_ms)
+    wq = c._queue_coef_ms * rq / (1.0 - rq)
+    pi_t = np.maximum(rq, c._tail_flag)
+    fixed_p = (fill + c._fixed_ms) @ c._inc_t
+    mean_p = (wq + c._tail_ms) @ c._inc_t
+    pi_p = 1.0 - np.exp(np.log(np.maximum(1.0 - pi_t, _TINY)) @ c._inc_t)
+    theta = np.maximum(mean_p / np.maximum(pi_p, _TINY), 1e-12)
+    slack = c.latency_slo_ms - fixed_p
+    late = np.where(slack >= 0.0, pi_p * np.exp(-np.maximum(slack, 0.0) / theta), 1.0)
+    p95 = fixed_p + theta * np.log(np.maximum(pi_p, _TAIL) / _TAIL)
+    admitted = 1.0 / np.maximum(np.max(rho[..., None, :] * c.incidence, axis=-1), 1.0)
+    path_v = 1.0 - admitted * (1.0 - late)
+    app_v = 1.0 - np.exp(np.log(np.maximum(1.0 - path_v, _TINY)) @ c._path_in_app)
+    violated = d * app_v
+    total = d.sum(axis=-1)
+    if d.ndim == 1:  # one demand: the compiled read-only constants as they are (broadcast_to costs ~3 us each)
+        accuracy, slices, gpus = c._fixed_outputs
+    else:
+        lead = d.shape[:-1]
+        accuracy, slices, gpus = (np.broadcast_to(x, lead + x.shape) for x in c._fixed_outputs)
+    return Metrics(
+        utilisation=rho, path_p95_ms=p95, path_violation=path_v, app_violation=app_v, app_violated_rps=violated,
+        violation=violated.sum(axis=-1) / np.maximum(total, _TINY), path_accuracy=accuracy, slices_used=slices,
+        gpus_used=gpus)
