@@ -215,7 +215,6 @@ class _Model:
     w: int  # first partition column
     cost: np.ndarray
     upper: np.ndarray
-    integer: np.ndarray
     matrix: sparse.csc_matrix
     row_lower: np.ndarray
     row_upper: np.ndarray
@@ -268,7 +267,7 @@ def _build(gpu: GpuType, blocks: list[AppBlock], gpus: int | None, opts: SolverO
     workers_per_gpu = np.array([most[gpu.profile_index(s.mig_profile.name)] * s.mps_workers for s in gpu.segments])
     gpu_cap = gpus if gpus is not None else inf
     cost, upper = np.zeros(col), np.full(col, inf)
-    upper[w:] = gpu_cap
+    upper[w:w + len(parts)] = gpu_cap
     rows = _Rows()
     accuracy_scale = sum(-c.log_accuracy.min() for b in blocks for c in b.cands) + 1e-9
     for b, ys, ns in zip(blocks, y_cols, n_cols, strict=True):
@@ -328,11 +327,10 @@ def _build(gpu: GpuType, blocks: list[AppBlock], gpus: int | None, opts: SolverO
         cost[w:w + len(parts)] = 1e-3 / (gpus or 1)
         cost[list(kept_cuts.values())] = -1e-4 / (gpus or 1)
     elif objective == "gpus":
-        cost[w:] = 1.0
+        cost[w:w + len(parts)] = 1.0
     matrix = sparse.csc_matrix((np.concatenate(rows.v), (np.concatenate(rows.r), np.concatenate(rows.c))),
                                shape=(len(rows.lower), col))
-    integer = np.ones(col, dtype=bool)
-    return _Model(blocks, y_cols, n_cols, inst, w, cost, upper, integer, matrix, np.array(rows.lower),
+    return _Model(blocks, y_cols, n_cols, inst, w, cost, upper, matrix, np.array(rows.lower),
                   np.array(rows.upper))
 
 
