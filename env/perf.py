@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 from scipy.stats import poisson
@@ -200,30 +200,48 @@ def compile_plan(catalog: Catalog, plan: Plan) -> CompiledPlan:
         incidence[pi, [index[(name, t)] for t in path]] = 1.0
     slices, gpus_used = _layout_usage(plan, gpu, set(task_keys))
     arr = {k: np.array(v) for k, v in cols.items()}
-    p50, p95, batch = arr["p50"], arr["p95"], arr["b"]
-    mu = 1000.0 * batch / arr["thr"]
-    tail = np.maximum(0.0, p95 - mu) / (math.log(1.0 / _TAIL) - 1.0)
+    path_app = np.array([app_names.index(a) for a, _ in path_keys])
+    structure = CompiledPlan(
+        app_names=app_names, task_keys=tuple(task_keys), path_keys=tuple(path_keys),
+        task_app=arr["app"].astype(np.intp), incidence=incidence.astype(np.int8), path_app=path_app,
+        latency_slo_ms=np.array([catalog.apps[a].latency_slo_ms for a, _ in path_keys]),
+        accuracy_slo=np.array([catalog.apps[a].accuracy_slo for a in app_names]),
+        _inc_t=np.ascontiguousarray(incidence.T),
+        _path_in_app=(path_app[:, None] == np.arange(len(app_names))[None, :]).astype(float),
+        **{f.name: None for f in fields(CompiledPlan) if f.name in _PER_PLAN})  # type: ignore[arg-type]
+    return with_configs(structure, p50_ms=arr["p50"], p95_ms=arr["p95"], throughput_rps=arr["thr"],
+                        replicas=arr["n"].astype(np.int64), batch=arr["b"].astype(np.int64), budget_ms=arr["budget"],
+                        items_per_request=arr["F"], accuracy=arr["acc"], slices_used=slices, gpus_used=gpus_used)
+
+
+# the fields with_configs derives; the rest is the plan's structure (apps, tasks, paths), fixed per app set
+_PER_PLAN = frozenset({"p50_ms", "p95_ms", "throughput_rps", "replicas", "batch", "budget_ms", "items_per_request",
+                       "accuracy", "path_accuracy", "slices_used", "gpus_used", "_lam_scale", "_inv_thr",
+                       "_fill_ms_rps", "_timeout_ms", "_lam_cap", "_queue_coef_ms", "_tail_flag", "_fixed_ms",
+                       "_tail_ms", "_fixed_outputs"})
+
+
+def with_configs(structure: CompiledPlan, *, p50_ms: np.ndarray, p95_ms: np.ndarray, throughput_rps: np.ndarray,
+                 replicas: np.ndarray, batch: np.ndarray, budget_ms: np.ndarray, items_per_request: np.ndarray,
+                 accuracy: np.ndarray, slices_used: float, gpus_used: int) -> CompiledPlan:
+    """``structure``'s apps, tasks and paths with new per-task configurations (arrays in task order), without
+    resolving a ``Plan``: the RL environment's per-step path (``compile_plan`` resolves names and loops)."""
+    mu = 1000.0 * batch / throughput_rps
+    tail = np.maximum(0.0, p95_ms - mu) / (math.log(1.0 / _TAIL) - 1.0)
     fixed = np.maximum(0.0, mu - tail)
     mean = fixed + tail
     cs2 = (tail / mean) ** 2
-    path_app = np.array([app_names.index(a) for a, _ in path_keys])
-    acc = arr["acc"]
-    path_acc = np.exp(incidence @ np.log(acc))
-    return CompiledPlan(
-        app_names=app_names, task_keys=tuple(task_keys), path_keys=tuple(path_keys),
-        task_app=arr["app"].astype(np.intp), p50_ms=p50, p95_ms=p95, throughput_rps=arr["thr"],
-        replicas=arr["n"].astype(np.int64), batch=batch.astype(np.int64), budget_ms=arr["budget"],
-        items_per_request=arr["F"], accuracy=acc, incidence=incidence.astype(np.int8), path_app=path_app,
-        latency_slo_ms=np.array([catalog.apps[a].latency_slo_ms for a, _ in path_keys]), path_accuracy=path_acc,
-        accuracy_slo=np.array([catalog.apps[a].accuracy_slo for a in app_names]),
-        slices_used=slices, gpus_used=gpus_used,
-        _lam_scale=arr["F"] / arr["n"], _inv_thr=1.0 / arr["thr"], _lam_cap=RHO_MAX * arr["thr"],
+    path_acc = np.exp(structure._inc_t.T @ np.log(accuracy))
+    return replace(
+        structure, p50_ms=p50_ms, p95_ms=p95_ms, throughput_rps=throughput_rps, replicas=replicas, batch=batch,
+        budget_ms=budget_ms, items_per_request=items_per_request, accuracy=accuracy, path_accuracy=path_acc,
+        slices_used=slices_used, gpus_used=gpus_used,
+        _lam_scale=items_per_request / replicas, _inv_thr=1.0 / throughput_rps, _lam_cap=RHO_MAX * throughput_rps,
         _fill_ms_rps=1000.0 * np.array([fill_p95_arrivals(int(x)) for x in batch]),
-        _timeout_ms=BATCH_TIMEOUT_SHARE * np.maximum(0.0, arr["budget"] - p95),
+        _timeout_ms=BATCH_TIMEOUT_SHARE * np.maximum(0.0, budget_ms - p95_ms),
         _queue_coef_ms=(1.0 / batch + cs2) / 2.0 * mean, _tail_flag=(tail > 0).astype(float),
-        _fixed_ms=fixed, _tail_ms=tail, _inc_t=np.ascontiguousarray(incidence.T),
-        _path_in_app=(path_app[:, None] == np.arange(len(app_names))[None, :]).astype(float),
-        _fixed_outputs=(_read_only(path_acc), _read_only(np.array(slices)), _read_only(np.array(gpus_used))))
+        _fixed_ms=fixed, _tail_ms=tail,
+        _fixed_outputs=(_read_only(path_acc), _read_only(np.array(slices_used)), _read_only(np.array(gpus_used))))
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:

@@ -39,3 +39,7 @@ class TraceError(JigsawError):
                  field: str | None = None, fix: str | None = None) -> None:
         self.line = line
         super().__init__(message, file=f"{file}:{line}" if file and line else file, field=field, fix=fix)
+
+
+class ConfigError(JigsawError):
+    """A malformed configuration (environment, training hyperparameters, daemon settings)."""

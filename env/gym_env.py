@@ -1,0 +1,285 @@
+"""``jigsaw/JigsawServe-v0``: the Gymnasium environment. One step is one control interval of a demand trace.
+
+The agent's decision lives in ``env.space`` (per task: variant, budget weight, provisioning level). Each
+step the action moves those levels, the plan is sized against the forecast demand (``forecast_rps``: the
+last interval's rate, or its linear trend when demand rises), and then judged against the demand that
+actually arrives in the interval: by ``env.perf`` (mode ``perf``, for training: every trace bin of the
+interval evaluated at once) or by ``env.sim`` (mode ``sim``, for evaluation: Poisson arrivals, request by
+request).
+
+Reward = -slices / cluster slices - alpha * violation - beta * accuracy shortfall - gamma * repartitions / GPUs,
+with violation the demand-weighted share of requests over the latency SLO, shortfall the mean over apps of
+max(0, SLO - worst path accuracy) / SLO, and repartitions the MIG instances created or destroyed.
+
+Traces are scaled so that the busiest interval of the training part needs ``load`` of the cluster's
+slices at the best items/s per slice any configuration offers (``agents.capacity.upper_bound``): one
+number that means the same on 4 and on 120 GPUs. ``part`` picks the train part (first 75 %), the
+held-out part, or all of it; reset starts at a seeded random interval of a seeded random trace.
+
+Registration happens on import of this module (idempotent); ``gymnasium.make("env.gym_env:jigsaw/
+JigsawServe-v0")`` imports it first, so fresh processes (SubprocVecEnv children) find it too.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+
+from agents.capacity import upper_bound
+from agents.ilp import prepare
+from env.perf import evaluate
+from env.sim import simulate_trace
+from env.space import ACTION_NVEC, BUDGET_LEVELS, PROVISION_LEVELS, DecisionSpace, Levels
+from env.traces import DEFAULT_TRACE_DIR, H100_APPS, Trace, load_trace
+from profiles.catalog import Catalog, load_catalog
+from profiles.errors import ConfigError
+
+ENV_ID = "jigsaw/JigsawServe-v0"
+DEFAULT_TRACES = tuple(str(DEFAULT_TRACE_DIR / f) for f in ("diurnal_3apps.csv", "bursty_3apps.csv", "spikes_3apps.csv"))
+OBS_HIGH = 4.0  # every feature is scaled to about [0, 1] and clipped to [0, OBS_HIGH]
+HISTORY = 2  # past intervals of demand in the observation (and the forecast's input)
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    apps: tuple[str, ...] = H100_APPS
+    gpus: int = 4
+    gpu_type: str = "h100"
+    catalog: str | None = None  # a catalog directory or file; None: the built-in one
+    traces: tuple[str, ...] = DEFAULT_TRACES
+    part: str = "train"  # train | held_out | all
+    interval_s: float = 60.0
+    episode_intervals: int = 30
+    load: float = 0.4  # the training part's busiest interval needs this share of the slices (best case)
+    mode: str = "perf"  # perf | sim
+    violation_weight: float = 10.0  # alpha
+    accuracy_weight: float = 1.0  # beta
+    repartition_weight: float = 0.02  # gamma
+    random_levels: bool = True  # reset from random valid levels (exploration), else from DecisionSpace.initial
+    seed_offset: int = 0  # added to the simulator's seeds
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], source: str = "env config") -> EnvConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(doc) - known)
+        if unknown:
+            raise ConfigError(f"unknown key(s) {', '.join(unknown)}", file=source, field="env",
+                              fix=f"use keys of {', '.join(sorted(known))}")
+        values = dict(doc)
+        for key in ("apps", "traces"):
+            if key in values and isinstance(values[key], str):
+                values[key] = tuple(x.strip() for x in values[key].split(",") if x.strip())
+            elif key in values:
+                values[key] = tuple(values[key])
+        config = cls(**values)
+        config.validate(source)
+        return config
+
+    def validate(self, source: str = "env config") -> None:
+        checks = (
+            ("apps", bool(self.apps), "name at least one app"),
+            ("gpus", isinstance(self.gpus, int) and self.gpus >= 1, "give a whole number of GPUs >= 1"),
+            ("traces", bool(self.traces), "give at least one trace file"),
+            ("part", self.part in ("train", "held_out", "all"), "use train, held_out or all"),
+            ("interval_s", _positive(self.interval_s), "give seconds > 0"),
+            ("episode_intervals", isinstance(self.episode_intervals, int) and self.episode_intervals >= 1,
+             "give a whole number >= 1"),
+            ("load", _positive(self.load) and self.load <= 1.0, "give a share in (0, 1]"),
+            ("mode", self.mode in ("perf", "sim"), "use perf or sim"),
+        )
+        for key, ok, fix in checks:
+            if not ok:
+                raise ConfigError(f"bad value {getattr(self, key)!r}", file=source, field=key, fix=fix)
+        for key in ("violation_weight", "accuracy_weight", "repartition_weight"):
+            value = getattr(self, key)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"bad value {value!r}", file=source, field=key, fix="give a finite number >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def _positive(x: Any) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+@functools.cache
+def _catalog(path: str | None) -> Catalog:
+    return load_catalog(path)
+
+
+def forecast_rps(history: np.ndarray) -> np.ndarray:
+    """Next interval's req/s per app from ``history`` ([HISTORY, n_apps], oldest first): the last rate, or
+    its linear extrapolation when demand is rising (falling demand is followed one interval late: safe)."""
+    last, before = history[-1], history[-2]
+    return np.maximum(last, 2.0 * last - before)
+
+
+def rate_scale(space: DecisionSpace, trace: Trace, load: float) -> float:
+    """The factor that makes ``trace``'s busiest bin need ``load`` of the cluster at the best case."""
+    gpu = space.gpu
+    need = np.zeros(len(trace.apps))
+    for i, name in enumerate(trace.apps):
+        if name in space.apps:
+            blocks, reason = prepare(space.catalog, gpu, {name: 1.0}, space.features, space.opts)
+            if reason:
+                raise ConfigError(reason, field="apps", fix="choose apps whose SLOs the catalog can meet")
+            need[i] = space.total_slices / upper_bound(gpu, blocks, space.n_gpus, space.opts.headroom)
+    peak = float((trace.rates_rps @ need).max())
+    if peak <= 0:
+        raise ConfigError("the trace has no demand for the configured apps", file=trace.source, field="traces",
+                          fix="use a trace with the apps' names")
+    return load * space.total_slices / peak
+
+
+class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+
+    def __init__(self, config: EnvConfig | dict[str, Any] | None = None, **overrides: Any) -> None:
+        if config is None or isinstance(config, dict):
+            config = EnvConfig.from_dict({**(config or {}), **overrides})
+        elif overrides:
+            config = EnvConfig.from_dict({**config.to_dict(), **overrides})
+        else:
+            config.validate()
+        self.config = cfg = config
+        self.catalog = _catalog(cfg.catalog)
+        self.space = DecisionSpace(self.catalog, cfg.gpu_type, list(cfg.apps), cfg.gpus)
+        smallest = self.space.decode(self.space.initial(), np.zeros(len(cfg.apps)))
+        if smallest.gpus > cfg.gpus:
+            raise ConfigError(f"the apps need {smallest.gpus} GPUs at one replica per task", field="gpus",
+                              fix=f"give at least {smallest.gpus} GPUs or fewer apps")
+        self.traces, self.demand = self._load_traces()
+        n, n_apps, n_paths = self.space.n_tasks, len(cfg.apps), self.space.incidence.shape[0]
+        self.action_space = gym.spaces.MultiDiscrete(np.tile(ACTION_NVEC, n))
+        self.observation_space = gym.spaces.Box(0.0, OBS_HIGH, shape=(3 * n_apps + 8 * n + 2 * n_paths + 2,),
+                                                dtype=np.float32)
+        self.interval_demand = [d.mean(axis=1) for d in self.demand]  # [n_intervals, n_apps] per trace
+        self._peak = np.maximum(np.max([d.max(axis=(0, 1)) for d in self.demand], axis=0), 1e-9)
+        self._max_batch_log = math.log2(max(self.space.c_batch.max(), 2))
+        self._rows = np.arange(n)
+        self._trace = self._t = self._end = 0
+        self._levels = self.space.initial()
+        self._decoded = self.space.decode(self._levels, np.zeros(n_apps))
+        self._metrics: Any = None
+
+    def _load_traces(self) -> tuple[list[Trace], list[np.ndarray]]:
+        """Each trace scaled, cut to ``part``, and its demand per interval sampled at every bin:
+        [n_intervals, samples per interval, n_apps] in the config's app order."""
+        cfg = self.config
+        traces, demand = [], []
+        for path in cfg.traces:
+            if not Path(path).exists():
+                raise ConfigError("no such trace file", file=path, field="traces", fix="give an existing trace")
+            trace = load_trace(path)
+            missing = [a for a in cfg.apps if a not in trace.apps]
+            if missing:
+                raise ConfigError(f"the trace has no rates for {', '.join(missing)}", file=path, field="traces",
+                                  fix="use a trace naming every configured app")
+            train, held = trace.split()
+            scale = rate_scale(self.space, train, cfg.load)
+            part = {"train": train, "held_out": held, "all": trace}[cfg.part].scaled(rate_scale=scale)
+            per = max(1, round(cfg.interval_s / min(part.bin_s, cfg.interval_s)))
+            n_int = int(part.duration_s // cfg.interval_s)
+            if n_int < HISTORY + 1:
+                raise ConfigError(f"the {cfg.part} part has {n_int} intervals of {cfg.interval_s:g} s",
+                                  file=path, field="interval_s", fix=f"use a longer trace or intervals "
+                                  f"(at least {HISTORY + 1} per part)")
+            t = part.times_s[0] + (np.arange(n_int)[:, None] + (np.arange(per)[None, :] + 0.5) / per) * cfg.interval_s
+            cols = [part.apps.index(a) for a in cfg.apps]
+            traces.append(part)
+            demand.append(part.rate_at(t)[..., cols])
+        return traces, demand
+
+    # ---- gymnasium API
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        rng = self.np_random
+        self._trace = int(rng.integers(len(self.demand)))
+        n_int = len(self.demand[self._trace])
+        length = min(self.config.episode_intervals, n_int - HISTORY)
+        self._t = int(rng.integers(HISTORY, n_int - length + 1))
+        self._end = self._t + length
+        start = self.space.initial()
+        if self.config.random_levels:
+            proposed = Levels(rng.integers(0, self.space.n_variants),
+                              rng.integers(1, BUDGET_LEVELS + 1, size=self.space.n_tasks),
+                              rng.integers(0, len(PROVISION_LEVELS), size=self.space.n_tasks))
+            start = self.space.repair(start, proposed, self._forecast())[0]
+        self._levels, self._decoded, _ = self.space.repair(start, start, self._forecast())
+        self._metrics = evaluate(self.space.compiled(self._decoded), self._forecast())
+        return self._observation(), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        cfg, space = self.config, self.space
+        previous = self._decoded
+        self._levels, self._decoded, repairs = space.step(self._levels, action, self._forecast())
+        d = self._decoded
+        demand = self.demand[self._trace][self._t]  # [samples, n_apps]
+        if cfg.mode == "perf":
+            metrics = evaluate(space.compiled(d), demand)  # one row per trace bin of the interval
+            weights = demand.sum(axis=1)
+            violation = float(metrics.violation @ weights / weights.sum()) if weights.sum() > 0 else 0.0
+            self._metrics = _last(metrics)
+        else:
+            metrics = None
+            start = float(self.traces[self._trace].times_s[0]) + self._t * cfg.interval_s
+            self._metrics = simulate_trace(self.catalog, space.plan(self._levels, d), self.traces[self._trace],
+                                           start, start + cfg.interval_s,
+                                           seed=cfg.seed_offset + int(self.np_random.integers(2**31)))
+            violation = float(self._metrics.violation)
+        worst = np.full(len(cfg.apps), np.inf)
+        np.minimum.at(worst, space.path_app, self._metrics.path_accuracy)
+        shortfall = float((np.maximum(0.0, space.acc_slo - worst) / space.acc_slo).sum()) / len(cfg.apps)
+        repartitions = int(np.abs(np.subtract(d.counts, previous.counts)).sum())
+        reward = (-d.slices / space.total_slices - cfg.violation_weight * violation
+                  - cfg.accuracy_weight * shortfall - cfg.repartition_weight * repartitions / cfg.gpus)
+        full = metrics or self._metrics
+        info = {"metrics": {f.name: getattr(full, f.name) for f in fields(full)}, "violation": violation,
+                "slices": d.slices, "gpus": d.gpus,
+                "accuracy": float(self._metrics.path_accuracy.sum()) / len(space.path_app), "accuracy_shortfall": shortfall,
+                "repartitions": repartitions, "repairs": repairs, "overloaded": d.overloaded,
+                "demand_rps": self.interval_demand[self._trace][self._t]}
+        self._t += 1
+        return self._observation(), float(reward), False, self._t >= self._end, info
+
+    def action_masks(self) -> np.ndarray:
+        """Flat [n_tasks * 11] booleans for MaskablePPO (see ``DecisionSpace.masks``)."""
+        return self.space.masks(self._levels, self._decoded).reshape(-1)
+
+    # ---- internals
+
+    def _history(self) -> np.ndarray:
+        return self.interval_demand[self._trace][self._t - HISTORY:self._t]
+
+    def _forecast(self) -> np.ndarray:
+        return forecast_rps(self._history())
+
+    def _observation(self) -> np.ndarray:
+        space, lv, d, m = self.space, self._levels, self._decoded, self._metrics
+        seg_slices = space.c_slices[d.config]
+        task = np.stack([
+            lv.variant / np.maximum(space.n_variants - 1, 1), lv.weight / BUDGET_LEVELS, d.budget_ms / space.slo_task,
+            seg_slices / space.gpu.compute_slices, np.log2(space.c_batch[d.config]) / self._max_batch_log,
+            lv.provision / (len(PROVISION_LEVELS) - 1), m.utilisation, d.replicas * seg_slices / space.total_slices])
+        slo = space.slo_task[space.incidence.argmax(axis=1)]
+        obs = np.concatenate([(self._history() / self._peak).ravel(), self._forecast() / self._peak, task.ravel(),
+                              np.fmin(m.path_p95_ms / slo, OBS_HIGH), m.path_violation,
+                              [d.slices / space.total_slices, d.gpus / self.config.gpus]])
+        return np.clip(obs, 0.0, OBS_HIGH).astype(np.float32)
+
+
+def _last(metrics: Any) -> Any:
+    """Per-sample metrics reduced to the interval's last sample (what the observation shows)."""
+    return type(metrics)(**{f.name: getattr(metrics, f.name)[-1] for f in fields(metrics)})
+
+
+if ENV_ID not in gym.registry:
+    gym.register(id=ENV_ID, entry_point="env.gym_env:JigsawEnv")

@@ -1,0 +1,372 @@
+"""The decision space the agent acts in: per task a variant, a budget weight and a provisioning level.
+
+Shared by the Gymnasium environment (``env.gym_env``) and the controller's policy proposer, numpy only.
+
+* **Variant**: an index into the task's ladder (least to most accurate); a step moves it by one.
+* **Budget**: an integer weight w_t in 1..BUDGET_LEVELS. A task's latency budget is its share of its app's
+  SLO along its heaviest path: budget_t = SLO * w_t / max_{P through t} sum_{u in P} w_u, so every path's
+  budgets sum to at most the SLO. Raising w_t moves budget from the other tasks on t's paths to t.
+* **Segment and batch** follow from (variant, budget) by the best-throughput-per-slice rule: among the
+  task's configurations (the ILP's candidates, ``agents.ilp.candidates``) whose allowance x p95 fits the
+  budget (floored to BUDGET_RESOLUTION_MS), the one with the most items/s per compute slice.
+* **Provisioning**: an index into PROVISION_LEVELS, capacity over the forecast items/s; replicas =
+  max(1, ceil(forecast_rps * F_t * level / throughput)). The slice-count action steps this level, so a
+  task's slices follow demand between decisions and the agent learns how much spare capacity each task
+  needs, not the demand curve itself (DESIGN.md's "slice step" moves replicas directly; stepping the
+  level instead keeps one action meaning the same thing at 4 and at 120 GPUs).
+
+Instances: workers of one segment type share instances (ceil(workers / MPS workers per instance)), packed
+greedily onto GPUs (``env.packing``). A step that makes an app infeasible (no configuration fits a budget,
+or a path under the accuracy SLO) is undone for that app; one that does not fit the GPUs has its
+provisioning undone, then drops to the lowest level, then, if demand alone exceeds the cluster, scales all
+replicas down until the plan fits (the plan is then overloaded: the performance model counts the excess
+as violated).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from agents.ilp import Features, SolverOptions, candidates
+from env.packing import Packer
+from env.perf import CompiledPlan, compile_plan, with_configs
+from env.plan import Plan, TaskConfig
+from profiles.catalog import Catalog
+from profiles.errors import SolverError
+
+ACTION_NVEC = (3, 3, 5)  # per task: variant step -1..+1, budget step -1..+1, provisioning step -2..+2
+BUDGET_LEVELS = 5
+PROVISION_LEVELS = np.array([1.0, 1.05, 1.1, 1.15, 1.2, 1.3, 1.4, 1.5, 1.75, 2.0])
+BUDGET_RESOLUTION_MS = 0.5
+SQUEEZE_STEP, SQUEEZE_TRIES = 0.95, 40  # an overloaded plan shrinks 5 % at a time (0.95^40 = 0.13)
+
+
+@dataclass(frozen=True, eq=False)
+class Levels:
+    """The agent's state of the decision, per task (in ``DecisionSpace.tasks`` order)."""
+
+    variant: np.ndarray  # int, index into the task's ladder
+    weight: np.ndarray  # int, 1..BUDGET_LEVELS
+    provision: np.ndarray  # int, index into PROVISION_LEVELS
+
+    def replace(self, **changes: np.ndarray) -> Levels:
+        return Levels(**{**{"variant": self.variant, "weight": self.weight, "provision": self.provision}, **changes})
+
+    def same_configuration(self, other: Levels) -> bool:
+        """Same variants and budget weights (provisioning may differ)."""
+        return np.array_equal(self.variant, other.variant) and np.array_equal(self.weight, other.weight)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What levels mean at a forecast: a configuration per task and its footprint."""
+
+    config: np.ndarray  # [n_tasks] index into the flat candidate arrays, -1 where none fits the budget
+    budget_ms: np.ndarray
+    items: np.ndarray  # F_t, items per app request
+    replicas: np.ndarray
+    counts: tuple[int, ...]  # MIG instances per profile
+    slices: float
+    gpus: int
+    app_ok: np.ndarray  # [n_apps] every task configured and every path meets the accuracy SLO
+    overloaded: bool  # replicas were scaled down below what the forecast needs to fit the GPUs
+    forecast_rps: np.ndarray  # the demand the replicas were sized for
+
+
+class DecisionSpace:
+    """Precomputed tables for ``apps`` on ``gpus`` GPUs of ``gpu_type`` (tasks flat, app by app)."""
+
+    def __init__(self, catalog: Catalog, gpu_type: str, apps: list[str], gpus: int,
+                 features: Features = Features(), opts: SolverOptions = SolverOptions()) -> None:
+        self.catalog, self.gpu, self.apps, self.n_gpus = catalog, catalog.gpu(gpu_type), list(apps), gpus
+        self.features, self.opts = features, opts
+        gpu = self.gpu
+        self.tasks = [(a, t) for a in self.apps for t in catalog.app(a).task_names]
+        index = {k: i for i, k in enumerate(self.tasks)}
+        n = len(self.tasks)
+        self.task_app = np.array([self.apps.index(a) for a, _ in self.tasks])
+        self.n_variants = np.array([len(catalog.app(a).task(t).variants) for a, t in self.tasks])
+        v_max = int(self.n_variants.max())
+        self.accuracy = np.ones((n, v_max))
+        paths = [(a, p) for a in self.apps for p in catalog.app(a).paths()]
+        self.incidence = np.zeros((len(paths), n))
+        for pi, (a, p) in enumerate(paths):
+            self.incidence[pi, [index[(a, t)] for t in p]] = 1.0
+        self.path_app = np.array([self.apps.index(a) for a, _ in paths])
+        self.slo_task = np.array([catalog.app(a).latency_slo_ms for a, _ in self.tasks])
+        self.acc_slo = np.array([catalog.app(a).accuracy_slo for a in self.apps])
+        share = self.incidence.T @ self.incidence
+        self.co_path = (share > 0) & ~np.eye(n, dtype=bool)  # other tasks on a path through t
+        longest = (self.incidence * self.incidence.sum(axis=1, keepdims=True)).max(axis=0)
+        self.fixed_budget = None if features.budgeting else self.slo_task / longest
+        # fan-outs: (parent, child, per parent variant) in topological order
+        self.edges: list[tuple[int, int, np.ndarray]] = []
+        self.sources = np.zeros(n, dtype=bool)
+        cols: dict[str, list[float]] = defaultdict(list)
+        res = BUDGET_RESOLUTION_MS
+        grid = math.ceil(self.slo_task.max() / res) + 1
+        self.best = np.full((n, v_max, grid), -1, dtype=np.int64)
+        self.min_budget = np.full((n, v_max), np.inf)
+        for a in self.apps:
+            app = catalog.app(a)
+            cands, reason = candidates(catalog, gpu, app, features, opts)
+            if reason:
+                raise SolverError(reason, field="--app", fix="choose apps whose SLOs the catalog can meet")
+            for t in app.topological_order:
+                ti = index[(a, t)]
+                self.sources[ti] = all(v != t for _, v in app.edges)
+                ladder = [x.name for x in app.task(t).variants]
+                self.accuracy[ti, :len(ladder)] = [x.accuracy for x in app.task(t).variants]
+                for (u, v) in app.edges:
+                    if u == t:
+                        self.edges.append((ti, index[(a, v)], np.array([app.fanout(u, v, x) for x in ladder]
+                                                                       + [1.0] * (v_max - len(ladder)))))
+            for c in cands:
+                ti = index[(a, c.task)]
+                table = catalog.table(gpu.name, a, c.task)
+                start = len(cols["task"])
+                for k in range(len(c.p95_ms)):
+                    seg = gpu.segments[c.segment[k]]
+                    b = table.batches.index(int(c.batch[k]))
+                    for key, value in (("task", ti), ("variant", c.variant[k]), ("segment", c.segment[k]),
+                                       ("batch", c.batch[k]), ("p95", c.p95_ms[k]),
+                                       ("p50", table.p50_ms[c.variant[k], c.segment[k], b]),
+                                       ("thr", c.throughput_rps[k]), ("slices", seg.slices)):
+                        cols[key].append(float(value))
+                ids = np.arange(start, len(cols["task"]))
+                need = opts.latency_allowance * np.array(cols["p95"])[ids]
+                per_slice = np.array(cols["thr"])[ids] / np.array(cols["slices"])[ids]
+                for v in np.unique(c.variant):
+                    mine = ids[c.variant == v]
+                    order = np.lexsort((need[mine - start], -per_slice[mine - start]))  # best per slice first
+                    self.min_budget[ti, v] = need[mine - start].min()
+                    # for each grid budget: the best-per-slice candidate whose need fits
+                    fits = need[mine - start][order][None, :] <= np.arange(grid)[:, None] * res + 1e-9
+                    first = np.where(fits.any(axis=1), fits.argmax(axis=1), -1)
+                    self.best[ti, v] = np.where(first >= 0, mine[order][np.maximum(first, 0)], -1)
+        arr = {k: np.array(v) for k, v in cols.items()}
+        self.c_variant, self.c_segment = arr["variant"].astype(np.int64), arr["segment"].astype(np.int64)
+        self.c_batch, self.c_p50, self.c_p95 = arr["batch"].astype(np.int64), arr["p50"], arr["p95"]
+        self.c_thr, self.c_slices = arr["thr"], arr["slices"]
+        self.seg_profile = np.array([gpu.profile_index(s.mig_profile.name) for s in gpu.segments])
+        self.seg_workers = np.array([s.mps_workers for s in gpu.segments], dtype=float)
+        self.profile_slices = np.array([p.compute_slices for p in gpu.mig_profiles], dtype=float)
+        self.seg_profile_matrix = (self.seg_profile[:, None] == np.arange(len(gpu.mig_profiles))[None, :]).astype(float)
+        self.total_slices = float(gpus * gpu.compute_slices)
+        self.packer = Packer(gpu)
+        self.log_accuracy = np.log(self.accuracy)
+        self.log_acc_slo = np.log(self.acc_slo[self.path_app])
+        self._on_path = self.incidence > 0
+        self._rows = np.arange(n)
+        self._fanout_tasks = sorted({u for u, _, fan in self.edges if np.ptp(fan[:self.n_variants[u]]) > 0})
+        self.c_instance_slices = np.array([gpu.segments[s].mig_profile.compute_slices for s in self.c_segment], float)
+        self._task_in_app = (self.task_app[:, None] == np.arange(len(self.apps))[None, :]).astype(float)
+        self._path_in_app = (self.path_app[:, None] == np.arange(len(self.apps))[None, :]).astype(float)
+        self._variant_steps = np.array([-1, 1])
+        self._step_zero = np.array([1, 1, 2])  # the no-change choice of each head of ACTION_NVEC
+        self._level_low = np.array([0, 1, 0])
+        self._level_high = np.stack([self.n_variants - 1, np.full(n, BUDGET_LEVELS), np.full(n, len(PROVISION_LEVELS) - 1)],
+                                    axis=1)
+        self._provision_steps = np.array([-2, -1, 1, 2])
+        self._structure: CompiledPlan | None = None
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.tasks)
+
+    # ---- levels -> configuration
+
+    def budgets(self, weight: np.ndarray) -> np.ndarray:
+        if self.fixed_budget is not None:
+            return self.fixed_budget
+        heaviest = (self.incidence * (self.incidence @ weight)[:, None]).max(axis=0)
+        return self.slo_task * weight / heaviest
+
+    def lookup(self, variant: np.ndarray, budget: np.ndarray) -> np.ndarray:
+        q = np.minimum((budget / BUDGET_RESOLUTION_MS + 1e-9).astype(np.int64), self.best.shape[2] - 1)
+        return self.best[np.arange(self.n_tasks), variant, q]
+
+    def items(self, variant: np.ndarray) -> np.ndarray:
+        f = self.sources.astype(float)
+        for u, v, fan in self.edges:
+            f[v] += f[u] * fan[variant[u]]
+        return f
+
+    def app_ok(self, variant: np.ndarray, config: np.ndarray) -> np.ndarray:
+        path_low = self.incidence @ self.log_accuracy[self._rows, variant] < self.log_acc_slo - 1e-9
+        return ((config < 0) @ self._task_in_app == 0) & (path_low @ self._path_in_app == 0)
+
+    def footprint(self, config: np.ndarray, replicas: np.ndarray) -> tuple[tuple[int, ...], float, int]:
+        workers = np.bincount(self.c_segment[config], weights=replicas, minlength=len(self.seg_workers))
+        counts = np.ceil(workers / self.seg_workers - 1e-9) @ self.seg_profile_matrix
+        key = tuple(counts.astype(np.int64).tolist())
+        return key, float(counts @ self.profile_slices), self.packer.gpus_needed(key)
+
+    def replicas(self, config: np.ndarray, items: np.ndarray, provision: np.ndarray,
+                 forecast_rps: np.ndarray) -> np.ndarray:
+        need = forecast_rps[self.task_app] * items * PROVISION_LEVELS[provision] / self.c_thr[config]
+        return np.maximum(1, np.ceil(need - 1e-9)).astype(np.int64)
+
+    def decode(self, levels: Levels, forecast_rps: np.ndarray) -> Decoded:
+        """The configuration ``levels`` imply at ``forecast_rps`` (req/s per app), unrepaired."""
+        budget = self.budgets(levels.weight)
+        config = self.lookup(levels.variant, budget)
+        ok = self.app_ok(levels.variant, config)
+        items = self.items(levels.variant)
+        safe = np.where(config >= 0, config, 0)  # footprint of unconfigured tasks is meaningless but harmless
+        return self.resize(Decoded(config, budget, items, np.ones(self.n_tasks, np.int64), (), 0.0, 0, ok, False,
+                                   forecast_rps),
+                           safe, levels.provision, forecast_rps)
+
+    def resize(self, d: Decoded, config: np.ndarray, provision: np.ndarray, forecast_rps: np.ndarray) -> Decoded:
+        """``d`` with replicas and footprint for ``provision`` (the configuration itself unchanged)."""
+        reps = self.replicas(config, d.items, provision, forecast_rps)
+        counts, slices, gpus = self.footprint(config, reps)
+        return Decoded(d.config, d.budget_ms, d.items, reps, counts, slices, gpus, d.app_ok, False, forecast_rps)
+
+    # ---- actions
+
+    def step(self, levels: Levels, action: np.ndarray, forecast_rps: np.ndarray) -> tuple[Levels, Decoded, int]:
+        """Apply ``action`` ([n_tasks, 3] or flat, MultiDiscrete ACTION_NVEC per task) to ``levels``: the new
+        levels, what they decode to (repaired as the module docstring says), and how many repairs it took."""
+        a = np.asarray(action, dtype=np.int64).reshape(self.n_tasks, 3)
+        lo, hi = self._level_low, self._level_high
+        moved = np.minimum(np.maximum(np.stack([levels.variant, levels.weight, levels.provision], axis=1) + a
+                                      - self._step_zero, lo), hi)
+        proposed = Levels(moved[:, 0], moved[:, 1], moved[:, 2])
+        return self.repair(levels, proposed, forecast_rps)
+
+    def repair(self, previous: Levels, proposed: Levels, forecast_rps: np.ndarray) -> tuple[Levels, Decoded, int]:
+        """``proposed`` made valid against ``previous`` (which must be valid): see the module docstring."""
+        repairs = 0
+        decoded = self.decode(proposed, forecast_rps)
+        if not decoded.app_ok.all():  # undo the failing apps' variant and budget moves
+            back = ~decoded.app_ok[self.task_app]
+            proposed = proposed.replace(variant=np.where(back, previous.variant, proposed.variant),
+                                        weight=np.where(back, previous.weight, proposed.weight))
+            repairs += int((~decoded.app_ok).sum())
+            decoded = self.decode(proposed, forecast_rps)
+        if decoded.gpus > self.n_gpus:
+            safe = np.maximum(decoded.config, 0)
+            for provision in (np.minimum(proposed.provision, previous.provision), np.zeros(self.n_tasks, np.int64)):
+                repairs += 1
+                proposed = proposed.replace(provision=provision)
+                decoded = self.resize(decoded, safe, provision, forecast_rps)
+                if decoded.gpus <= self.n_gpus:
+                    break
+            else:
+                decoded = self._squeeze(decoded)
+                if decoded.gpus > self.n_gpus and not proposed.same_configuration(previous):
+                    # one replica each is too much: keep the previous configuration, which fitted
+                    repairs += 1
+                    previous = previous.replace(provision=proposed.provision)
+                    proposed, decoded, more = self.repair(previous, previous, forecast_rps)
+                    repairs += more
+        return proposed, decoded, repairs
+
+    def _squeeze(self, d: Decoded) -> Decoded:
+        """Scale replicas down by a common factor, from the share of slices that fit, until the plan fits."""
+        factor = min(1.0, self.total_slices / max(d.slices, 1e-9))
+        config = np.maximum(d.config, 0)
+        for _ in range(SQUEEZE_TRIES):
+            reps = np.maximum(1, np.floor(d.replicas * factor)).astype(np.int64)
+            counts, slices, gpus = self.footprint(config, reps)
+            if gpus <= self.n_gpus:
+                break
+            factor *= SQUEEZE_STEP
+        return Decoded(d.config, d.budget_ms, d.items, reps, counts, slices, gpus, d.app_ok, True, d.forecast_rps)
+
+    def masks(self, levels: Levels, decoded: Decoded) -> np.ndarray:
+        """[n_tasks, 11] booleans, per task the 3 + 3 + 5 choices of ACTION_NVEC that are allowed. Conservative
+        per head (a head's mask cannot see the others' choices; ``repair`` handles joint effects): a variant
+        step off the ladder, to a variant with no configuration at the current budget or under the accuracy
+        SLO; a budget step off 1..BUDGET_LEVELS, leaving this task or another on its paths with no
+        configuration; a provisioning step off the levels or one whose extra slices exceed the free ones."""
+        rows = self._rows[:, None]
+        out = np.ones((self.n_tasks, 11), dtype=bool)
+        v, w, budget = levels.variant, levels.weight, decoded.budget_ms
+        log_acc = self.log_accuracy[self._rows, v]
+        # how far each task's accuracy may drop: the tightest path through it stays at the SLO
+        room = np.where(self._on_path, (self.incidence @ log_acc - self.log_acc_slo)[:, None], np.inf).min(axis=0)
+        nv = v[:, None] + self._variant_steps
+        nvc = np.minimum(np.maximum(nv, 0), self.n_variants[:, None] - 1)
+        out[:, [0, 2]] = ((nv == nvc) & (self.min_budget[rows, nvc] <= budget[:, None] + 1e-9)
+                          & (self.log_accuracy[rows, nvc] - log_acc[:, None] >= -room[:, None] - 1e-9))
+        free = self.total_slices - decoded.slices
+        config = np.maximum(decoded.config, 0)
+        cost = decoded.replicas * self.c_instance_slices[config]  # growth is charged whole instances
+        for col, k in ((0, 0), (2, 1)):
+            moved = np.maximum(self.lookup(nvc[:, k], budget), 0)
+            grow = self.replicas(moved, decoded.items, levels.provision, decoded.forecast_rps) \
+                * self.c_instance_slices[moved] - cost
+            for t in self._fanout_tasks:  # a fan-out source's variant also changes the items downstream
+                variant = v.copy()
+                variant[t] = nvc[t, k]
+                cfg = config.copy()
+                cfg[t] = moved[t]
+                grow[t] = (self.replicas(cfg, self.items(variant), levels.provision, decoded.forecast_rps)
+                           * self.c_instance_slices[cfg]).sum() - cost.sum()
+            out[:, col] &= grow <= free + 1e-9
+        if self.fixed_budget is not None:
+            out[:, [3, 5]] = False
+        else:
+            heaviest = (self.incidence * (self.incidence @ w)[:, None]).max(axis=0)
+            need = self.min_budget[self._rows, v] - 1e-9
+            out[:, 3] = (w > 1) & (need <= self.slo_task * (w - 1) / np.maximum(heaviest - 1, 1e-9))
+            # raising w_t grows the heaviest path of every task sharing a path with t by at most one
+            others_fit = need <= self.slo_task * w / (heaviest + 1)
+            out[:, 5] = (w < BUDGET_LEVELS) & ~(self.co_path & ~others_fit[None, :]).any(axis=1)
+        p = levels.provision[:, None] + self._provision_steps
+        pc = np.minimum(np.maximum(p, 0), len(PROVISION_LEVELS) - 1)
+        per_replica = self.c_instance_slices[config]
+        ratio = PROVISION_LEVELS[pc] / PROVISION_LEVELS[levels.provision][:, None]
+        grow = (decoded.replicas * per_replica)[:, None] * (ratio - 1.0) + per_replica[:, None]
+        out[:, [6, 7, 9, 10]] = (p == pc) & ((self._provision_steps < 0) | (grow <= free + 1e-9))
+        return out
+
+    # ---- configuration -> plan
+
+    def structure(self) -> CompiledPlan:
+        if self._structure is None:
+            self._structure = compile_plan(self.catalog, self.plan(self.initial(), self.decode(
+                self.initial(), np.zeros(len(self.apps)))))
+        return self._structure
+
+    def compiled(self, d: Decoded) -> CompiledPlan:
+        """The decoded plan as ``env.perf`` arrays, without building a ``Plan``."""
+        c = d.config
+        return with_configs(self.structure(), p50_ms=self.c_p50[c], p95_ms=self.c_p95[c], throughput_rps=self.c_thr[c],
+                            replicas=d.replicas, batch=self.c_batch[c], budget_ms=d.budget_ms, items_per_request=d.items,
+                            accuracy=self.accuracy[np.arange(self.n_tasks), self.c_variant[c]],
+                            slices_used=d.slices, gpus_used=d.gpus)
+
+    def plan(self, levels: Levels, d: Decoded) -> Plan:
+        """The decoded configuration as a ``Plan`` with a packed MIG layout."""
+        gpu = self.gpu
+        apps: dict[str, dict[str, TaskConfig]] = {a: {} for a in self.apps}
+        workers: dict[int, list[str]] = defaultdict(list)
+        for i, (a, t) in enumerate(self.tasks):
+            k = int(d.config[i])
+            seg = gpu.segments[int(self.c_segment[k])]
+            apps[a][t] = TaskConfig(self.catalog.app(a).task(t).variants[int(levels.variant[i])].name,
+                                    seg.mig_profile.name, seg.mps_workers, int(self.c_batch[k]), int(d.replicas[i]),
+                                    round(float(d.budget_ms[i]), 3))
+            workers[int(self.c_segment[k])] += [f"{a}/{t}"] * int(d.replicas[i])
+        instances: dict[str, list[tuple[str, ...]]] = defaultdict(list)
+        for s, names in sorted(workers.items()):
+            m = gpu.segments[s].mps_workers
+            instances[gpu.segments[s].mig_profile.name] += [tuple(names[i:i + m]) for i in range(0, len(names), m)]
+        return Plan(gpu.name, apps, self.packer.layout(instances))
+
+    def initial(self) -> Levels:
+        """Middle budgets, the lowest provisioning level above 1.0, and per task the most accurate variant that
+        has a configuration at its budget."""
+        weight = np.full(self.n_tasks, (BUDGET_LEVELS + 1) // 2, dtype=np.int64)
+        budget = self.budgets(weight)
+        fits = self.min_budget <= budget[:, None] + 1e-9
+        variant = np.where(fits.any(axis=1), self.min_budget.shape[1] - 1 - fits[:, ::-1].argmax(axis=1), 0)
+        return Levels(variant.astype(np.int64), weight, np.full(self.n_tasks, 2, dtype=np.int64))

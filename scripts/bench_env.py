@@ -1,0 +1,91 @@
+"""Steps per second of ``jigsaw/JigsawServe-v0`` for the 3-app default on 4 and 120 GPUs: in ``perf`` mode
+(one env in this process, and 2 envs in SB3's SubprocVecEnv, as training runs them), and simulated requests per
+second in ``sim`` mode. Actions are random among the unmasked ones, masks fetched every step as MaskablePPO does.
+Medians of repeats. The last line is one JSON object:
+{"perf_steps_per_s": {"4": x, "120": x}, "perf_steps_per_s_vec2": {...}, "sim_requests_per_s": {...}}.
+Usage: python scripts/bench_env.py [--steps 4000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+from stable_baselines3.common.vec_env import SubprocVecEnv
+
+from env.gym_env import JigsawEnv
+from env.space import ACTION_NVEC
+
+GPUS = (4, 120)
+_HEADS = np.cumsum((0, *ACTION_NVEC))
+
+
+def random_actions(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One allowed choice per head: masks [..., n_tasks * 11] -> actions [..., n_tasks * 3]."""
+    m = masks.reshape(*masks.shape[:-1], -1, _HEADS[-1])
+    score = rng.random(m.shape) * m
+    heads = [score[..., a:b].argmax(axis=-1) for a, b in itertools.pairwise(_HEADS)]
+    return np.stack(heads, axis=-1).reshape(*masks.shape[:-1], -1)
+
+
+def single(gpus: int, steps: int, mode: str = "perf") -> tuple[float, float]:
+    """(steps/s, simulated requests/s) of one env."""
+    env = JigsawEnv(gpus=gpus, mode=mode)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    requests = 0.0
+    start = time.perf_counter()
+    for _ in range(steps):
+        _, _, _, truncated, info = env.step(random_actions(env.action_masks(), rng))
+        requests += float(info["demand_rps"].sum()) * env.config.interval_s
+        if truncated:
+            env.reset()
+    elapsed = time.perf_counter() - start
+    return steps / elapsed, requests / elapsed
+
+
+def _make(gpus: int) -> Callable[[], JigsawEnv]:
+    return lambda: JigsawEnv(gpus=gpus)
+
+
+def vectorised(gpus: int, steps: int) -> float:
+    """Env steps/s (summed over both envs) of a 2-process SubprocVecEnv."""
+    vec = SubprocVecEnv([_make(gpus), _make(gpus)])
+    try:
+        vec.seed(0)
+        vec.reset()
+        rng = np.random.default_rng(0)
+        start = time.perf_counter()
+        for _ in range(steps // 2):
+            masks = np.stack(vec.env_method("action_masks"))
+            vec.step(random_actions(masks, rng))
+        return 2 * (steps // 2) / (time.perf_counter() - start)
+    finally:
+        vec.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sim-steps", type=int, default=20)
+    args = parser.parse_args()
+    out: dict[str, dict[str, float]] = {"perf_steps_per_s": {}, "perf_steps_per_s_vec2": {}, "sim_requests_per_s": {}}
+    for gpus in GPUS:
+        perf = statistics.median(single(gpus, args.steps)[0] for _ in range(args.repeats))
+        vec = statistics.median(vectorised(gpus, args.steps) for _ in range(args.repeats))
+        sim = statistics.median(single(gpus, args.sim_steps, "sim")[1] for _ in range(args.repeats))
+        print(f"{gpus:4d} GPUs: perf {perf:,.0f} steps/s, 2 processes {vec:,.0f} steps/s, sim {sim:,.0f} requests/s")
+        out["perf_steps_per_s"][str(gpus)] = round(perf)
+        out["perf_steps_per_s_vec2"][str(gpus)] = round(vec)
+        out["sim_requests_per_s"][str(gpus)] = round(sim)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

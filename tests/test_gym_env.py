@@ -1,0 +1,207 @@
+"""The Gymnasium environment and its decision space: API conformance, determinism, masks that never let an
+infeasible plan through, budget arithmetic by hand, packing, and SB3's vectorised wrappers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+from env.gym_env import ENV_ID, EnvConfig, JigsawEnv, forecast_rps
+from env.packing import Packer
+from env.perf import compile_plan, evaluate
+from env.space import ACTION_NVEC, Levels
+from profiles.catalog import load_catalog
+from profiles.errors import ConfigError
+from scripts.bench_env import random_actions
+
+NOOP = np.array([1, 1, 2])
+
+
+@pytest.fixture(scope="module")
+def env() -> JigsawEnv:
+    return JigsawEnv()
+
+
+def test_check_env_perf_and_sim() -> None:
+    check_env(JigsawEnv(), skip_render_check=True)
+    check_env(JigsawEnv(mode="sim", episode_intervals=3), skip_render_check=True)
+
+
+def test_registered_and_makeable_from_a_fresh_process() -> None:
+    made = gym.make(ENV_ID, gpus=8)
+    assert made.unwrapped.config.gpus == 8
+    code = f"import gymnasium as gym; e = gym.make('env.gym_env:{ENV_ID}'); e.reset(seed=1); print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"
+
+
+def _rollout(seed: int, steps: int) -> tuple[list[np.ndarray], list[float]]:
+    e = JigsawEnv()
+    obs, _ = e.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    seen, rewards = [obs], []
+    for _ in range(steps):
+        obs, reward, _, truncated, _ = e.step(random_actions(e.action_masks(), rng))
+        seen.append(obs)
+        rewards.append(reward)
+        if truncated:
+            obs, _ = e.reset()
+    return seen, rewards
+
+
+def test_deterministic_under_a_seed() -> None:
+    a, ra = _rollout(3, 40)
+    b, rb = _rollout(3, 40)
+    c, _ = _rollout(4, 40)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True)) and ra == rb
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+def _assert_valid(env: JigsawEnv) -> None:
+    """The decoded plan is a real plan: every task configured within its budget, budgets summing within
+    each path's SLO, accuracy SLOs met, the layout valid and on at most the cluster's GPUs."""
+    space, lv, d = env.space, env._levels, env._decoded
+    assert (d.config >= 0).all() and d.app_ok.all()
+    assert (space.incidence @ d.budget_ms <= space.slo_task[space.incidence.argmax(axis=1)] + 1e-6).all()
+    assert (space.opts.latency_allowance * space.c_p95[d.config] <= d.budget_ms + 1e-6).all()
+    plan = space.plan(lv, d)
+    compiled = compile_plan(env.catalog, plan)  # raises on an invalid layout or configuration
+    assert len(plan.gpus) <= env.config.gpus and compiled.gpus_used <= env.config.gpus
+    assert compiled.slices_used == d.slices
+    assert (compiled.path_accuracy >= compiled.accuracy_slo[compiled.path_app] - 1e-9).all()
+
+
+@pytest.mark.parametrize("gpus", [3, 4, 120])
+def test_masked_actions_never_give_an_infeasible_plan(gpus: int) -> None:
+    e = JigsawEnv(gpus=gpus)
+    e.reset(seed=gpus)
+    rng = np.random.default_rng(gpus)
+    for _ in range(150):
+        _, _, _, truncated, _ = e.step(random_actions(e.action_masks(), rng))
+        _assert_valid(e)
+        if truncated:
+            e.reset()
+
+
+def test_each_allowed_single_move_is_feasible(env: JigsawEnv) -> None:
+    """Masks are conservative: any one allowed choice, all other heads at no-change, gives levels whose every
+    app is configured within its budgets and accuracy SLO, on no more compute slices than the cluster has
+    (masks judge capacity in slices; packing fragmentation is left to the env's repair)."""
+    checked = 0
+    for seed in range(4):
+        env.reset(seed=seed)
+        rng = np.random.default_rng(seed)
+        for _ in range(3):
+            env.step(random_actions(env.action_masks(), rng))
+        space, lv, d = env.space, env._levels, env._decoded
+        masks = space.masks(lv, d)
+        heads = np.cumsum((0, *ACTION_NVEC))
+        for t in range(space.n_tasks):
+            for h in range(3):
+                for choice in range(ACTION_NVEC[h]):
+                    if choice == NOOP[h] or not masks[t, heads[h] + choice]:
+                        continue
+                    levels = np.stack([lv.variant, lv.weight, lv.provision], axis=1)
+                    levels[t, h] += choice - NOOP[h]
+                    proposed = Levels(levels[:, 0], levels[:, 1], levels[:, 2])
+                    decoded = space.decode(proposed, d.forecast_rps)
+                    assert decoded.app_ok.all(), (seed, t, h, choice)
+                    if not d.overloaded:
+                        assert decoded.slices <= space.total_slices, (seed, t, h, choice)
+                    checked += 1
+    assert checked > 20
+
+
+def test_budgets_by_hand(env: JigsawEnv) -> None:
+    space = env.space
+    w = np.full(space.n_tasks, 1)
+    idx = {k: i for i, k in enumerate(space.tasks)}
+    chain = [idx[("ar_assistant", t)] for t in ("detect", "recognise", "segment")]
+    w[chain] = (1, 2, 1)  # one path detect>recognise>segment, SLO 200 ms: 200 * w / 4
+    slo = env.catalog.app("ar_assistant").latency_slo_ms
+    b = space.budgets(w)
+    np.testing.assert_allclose(b[chain], [slo / 4, slo / 2, slo / 4])
+    single = idx[("social_media", "tag")]  # a one-task path gets the whole SLO whatever its weight
+    assert b[single] == env.catalog.app("social_media").latency_slo_ms
+
+
+def test_forecast_follows_rises_and_holds_falls() -> None:
+    np.testing.assert_allclose(forecast_rps(np.array([[10.0, 20.0], [14.0, 12.0]])), [18.0, 12.0])
+
+
+def test_plan_and_fast_path_agree(env: JigsawEnv) -> None:
+    env.reset(seed=2)
+    demand = np.array([300.0, 100.0, 50.0])
+    d = env.space.decode(env._levels, demand)
+    fast = evaluate(env.space.compiled(d), demand)
+    slow = evaluate(compile_plan(env.catalog, env.space.plan(env._levels, d)), demand)
+    np.testing.assert_allclose(fast.path_p95_ms, slow.path_p95_ms, rtol=1e-4)
+    np.testing.assert_allclose(fast.violation, slow.violation, rtol=1e-4, atol=1e-9)
+
+
+def test_packing_holds_the_instances_and_is_tight_on_simple_mixes() -> None:
+    gpu = load_catalog().gpu("h100")
+    packer = Packer(gpu)
+    names = [p.name for p in gpu.mig_profiles]
+
+    def used(**counts: int) -> int:
+        return packer.gpus_needed(tuple(counts.get(n.replace(".", "_"), 0) for n in names))
+
+    assert used(**{"1g_10gb": 7}) == 1
+    assert used(**{"3g_40gb": 2}) == 1
+    assert used(**{"4g_40gb": 1, "3g_40gb": 1}) == 1
+    assert used(**{"7g_80gb": 3, "1g_10gb": 1}) == 4
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        counts = tuple(int(x) for x in rng.integers(0, 6, len(names)))
+        held = np.zeros(len(names), dtype=int)
+        for part, times in packer.pack(counts):
+            held += times * np.array(gpu.maximal_partitions[part].counts)
+        assert (held >= counts).all()
+        slices = sum(c * p.compute_slices for c, p in zip(counts, gpu.mig_profiles, strict=True))
+        assert packer.gpus_needed(counts) >= -(-slices // gpu.compute_slices)
+
+
+def test_vectorised_wrappers() -> None:
+    for vec in (DummyVecEnv([JigsawEnv, JigsawEnv]), SubprocVecEnv([JigsawEnv, JigsawEnv])):
+        try:
+            vec.seed(0)
+            obs = vec.reset()
+            assert obs.shape == (2, *vec.observation_space.shape)
+            rng = np.random.default_rng(0)
+            for _ in range(5):
+                masks = np.stack(vec.env_method("action_masks"))
+                obs, rewards, _, infos = vec.step(random_actions(masks, rng))
+                assert np.isfinite(rewards).all() and "violation" in infos[0]
+        finally:
+            vec.close()
+
+
+def test_levels_out_of_range_are_clipped(env: JigsawEnv) -> None:
+    env.reset(seed=0)
+    top = Levels(env.space.n_variants - 1, np.full(env.space.n_tasks, 5), np.full(env.space.n_tasks, 9))
+    new, _, _ = env.space.step(top, np.tile([2, 2, 4], env.space.n_tasks), env._forecast())
+    assert (new.variant <= env.space.n_variants - 1).all() and (new.weight <= 5).all() and (new.provision <= 9).all()
+
+
+@pytest.mark.parametrize("doc, field", [
+    ({"gpus": 0}, "gpus"), ({"gpus": 2}, "gpus"), ({"mode": "fast"}, "mode"), ({"load": 1.5}, "load"), ({"nope": 1}, "env"),
+    ({"violation_weight": -1}, "violation_weight"), ({"traces": "missing.csv"}, "traces"),
+])
+def test_bad_config_is_one_clear_error(doc: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        JigsawEnv(doc)
+    assert e.value.field == field
+
+
+def test_trace_without_the_apps(tmp_path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("time_s,app,rps\n" + "".join(f"{60 * i},other,5\n" for i in range(20)))
+    with pytest.raises(ConfigError, match="no rates for"):
+        JigsawEnv(EnvConfig(traces=(str(path),)))
