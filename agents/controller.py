@@ -21,11 +21,14 @@ import numpy as np
 from agents.ilp import Features, SolverOptions, solve
 from env.perf import compile_plan, evaluate
 from env.plan import Plan
+from env.space import HISTORY, forecast_rps
 from profiles.catalog import Catalog
 from profiles.errors import JigsawError
 
-# A proposer maps (demand req/s per app, the plan in force) to a plan; it may raise.
-Proposer = Callable[[Mapping[str, float], Plan | None], Plan]
+# A proposer maps (measured req/s per app over the last HISTORY intervals [HISTORY, n_apps] in the controller's
+# app order, the forecast req/s per app, the plan in force) to a plan; it may raise.
+Proposer = Callable[[np.ndarray, Mapping[str, float], Plan | None], Plan]
+
 
 
 @dataclass(frozen=True)
@@ -49,18 +52,22 @@ class Decision:
 
 
 class Controller:
-    """Decisions for ``apps`` on ``gpus`` GPUs of ``gpu_type``. ``proposer`` is the policy (None: ILP only)."""
+    """Decisions for ``apps`` on ``gpus`` GPUs of ``gpu_type``. ``proposer`` is the policy (None: ILP only);
+    ``safety_check=False`` applies every proposal that fits the catalog and the GPUs unchecked (the
+    policy-alone system of the evaluation)."""
 
     def __init__(self, catalog: Catalog, gpu_type: str, apps: list[str], gpus: int, *,
-                 proposer: Proposer | None = None, policy_version: str = "",
+                 proposer: Proposer | None = None, policy_version: str = "", safety_check: bool = True,
                  opts: SolverOptions = SolverOptions(time_limit_s=10.0), features: Features = Features()) -> None:
         self.catalog, self.gpu_type, self.apps, self.gpus = catalog, gpu_type, list(apps), gpus
-        self.proposer, self.policy_version = proposer, policy_version
+        self.proposer, self.policy_version, self.safety_check = proposer, policy_version, safety_check
         self.opts, self.features = opts, features
         self.current: Plan | None = None
+        self.history: np.ndarray | None = None  # [HISTORY, n_apps] measured req/s, oldest first
 
-    def check(self, plan: Plan, demand: Mapping[str, float]) -> Verdict:
-        """Whether ``plan`` is safe to apply under ``demand`` (see the module docstring)."""
+    def check(self, plan: Plan, demand: Mapping[str, float], performance: bool = True) -> Verdict:
+        """Whether ``plan`` is safe to apply under ``demand`` (see the module docstring); with ``performance``
+        False only whether it fits the catalog and the cluster."""
         try:
             compiled = compile_plan(self.catalog, plan)
         except JigsawError as e:
@@ -73,6 +80,8 @@ class Controller:
         if compiled.gpus_used > self.gpus or len(plan.gpus) > self.gpus:
             return Verdict(False, f"needs {max(compiled.gpus_used, len(plan.gpus))} GPUs, the cluster has "
                            f"{self.gpus}", compiled.slices_used)
+        if not performance:
+            return Verdict(True, "", compiled.slices_used)
         d = np.array([float(demand.get(a, 0.0)) for a in compiled.app_names])
         m = evaluate(compiled, d * self.opts.headroom)
         over = np.flatnonzero(m.utilisation > 1.0)
@@ -93,22 +102,29 @@ class Controller:
                            f"the SLO {compiled.accuracy_slo[compiled.path_app[low[0]]]:g}", compiled.slices_used)
         return Verdict(True, "", compiled.slices_used)
 
-    def decide(self, demand: Mapping[str, float]) -> Decision:
-        """The plan for the next interval under the forecast ``demand`` (req/s per app)."""
+    def observe(self, measured: Mapping[str, float]) -> dict[str, float]:
+        """Record the last interval's measured req/s per app; return the forecast for the next one."""
+        rates = np.array([max(0.0, float(measured.get(a, 0.0))) for a in self.apps])
+        self.history = (np.repeat(rates[None, :], HISTORY, axis=0) if self.history is None
+                        else np.vstack([self.history[1:], rates]))
+        return dict(zip(self.apps, forecast_rps(self.history).tolist(), strict=True))
+
+    def decide(self, measured: Mapping[str, float]) -> Decision:
+        """The plan for the next interval, given the last interval's measured req/s per app (``observe``)."""
         start = time.perf_counter()
+        demand = self.observe(measured)
         verdict = Verdict(False, "no proposer", math.nan)
         if self.proposer is not None:
             try:
-                proposal = self.proposer(demand, self.current)
+                proposal = self.proposer(self.history, demand, self.current)
             except Exception as e:  # a policy's failure is a fallback, never the controller's death
                 verdict = Verdict(False, f"policy raised {type(e).__name__}: {e}", math.nan)
             else:
-                verdict = self.check(proposal, demand)
+                verdict = self.check(proposal, demand, performance=self.safety_check)
                 if verdict.ok:
                     self.current = proposal
                     return self._decision(proposal, "policy", verdict, math.nan, "", start)
-        result = solve(self.catalog, self.gpu_type, {a: float(demand.get(a, 0.0)) for a in self.apps}, self.gpus,
-                       self.features, self.opts, self.current)
+        result = solve(self.catalog, self.gpu_type, demand, self.gpus, self.features, self.opts, self.current)
         if result.plan is not None:
             self.current = result.plan
             return self._decision(result.plan, "ilp", verdict, float(result.slices_used), result.status, start)

@@ -11,9 +11,9 @@ Reward = -slices / cluster slices - alpha * violation - beta * accuracy shortfal
 with violation the demand-weighted share of requests over the latency SLO, shortfall the mean over apps of
 max(0, SLO - worst path accuracy) / SLO, and repartitions the MIG instances created or destroyed.
 
-Traces are scaled so that the busiest interval of the training part needs ``load`` of the cluster's
-slices at the best items/s per slice any configuration offers (``agents.capacity.upper_bound``): one
-number that means the same on 4 and on 120 GPUs. ``part`` picks the train part (first 75 %), the
+Traces are scaled so that the busiest bin of the training part needs ``load`` of the cluster's slices at
+the best items/s per slice any configuration offers (``DecisionSpace.capacity_rps``): one number that
+means the same on 4 and on 120 GPUs. ``part`` picks the train part (first 75 %), the
 held-out part, or all of it; reset starts at a seeded random interval of a seeded random trace.
 
 Registration happens on import of this module (idempotent); ``gymnasium.make("env.gym_env:jigsaw/
@@ -31,19 +31,15 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from agents.capacity import upper_bound
-from agents.ilp import prepare
 from env.perf import evaluate
 from env.sim import simulate_trace
-from env.space import ACTION_NVEC, BUDGET_LEVELS, PROVISION_LEVELS, DecisionSpace, Levels
+from env.space import ACTION_NVEC, BUDGET_LEVELS, HISTORY, OBS_HIGH, PROVISION_LEVELS, DecisionSpace, Levels, forecast_rps
 from env.traces import DEFAULT_TRACE_DIR, H100_APPS, Trace, load_trace
 from profiles.catalog import Catalog, load_catalog
 from profiles.errors import ConfigError
 
 ENV_ID = "jigsaw/JigsawServe-v0"
 DEFAULT_TRACES = tuple(str(DEFAULT_TRACE_DIR / f) for f in ("diurnal_3apps.csv", "bursty_3apps.csv", "spikes_3apps.csv"))
-OBS_HIGH = 4.0  # every feature is scaled to about [0, 1] and clipped to [0, OBS_HIGH]
-HISTORY = 2  # past intervals of demand in the observation (and the forecast's input)
 
 
 @dataclass(frozen=True)
@@ -114,28 +110,14 @@ def _catalog(path: str | None) -> Catalog:
     return load_catalog(path)
 
 
-def forecast_rps(history: np.ndarray) -> np.ndarray:
-    """Next interval's req/s per app from ``history`` ([HISTORY, n_apps], oldest first): the last rate, or
-    its linear extrapolation when demand is rising (falling demand is followed one interval late: safe)."""
-    last, before = history[-1], history[-2]
-    return np.maximum(last, 2.0 * last - before)
-
-
 def rate_scale(space: DecisionSpace, trace: Trace, load: float) -> float:
     """The factor that makes ``trace``'s busiest bin need ``load`` of the cluster at the best case."""
-    gpu = space.gpu
-    need = np.zeros(len(trace.apps))
-    for i, name in enumerate(trace.apps):
-        if name in space.apps:
-            blocks, reason = prepare(space.catalog, gpu, {name: 1.0}, space.features, space.opts)
-            if reason:
-                raise ConfigError(reason, field="apps", fix="choose apps whose SLOs the catalog can meet")
-            need[i] = space.total_slices / upper_bound(gpu, blocks, space.n_gpus, space.opts.headroom)
-    peak = float((trace.rates_rps @ need).max())
+    per_rps = np.array([1.0 / space.capacity_rps[space.apps.index(a)] if a in space.apps else 0.0 for a in trace.apps])
+    peak = float((trace.rates_rps @ per_rps).max())
     if peak <= 0:
         raise ConfigError("the trace has no demand for the configured apps", file=trace.source, field="traces",
                           fix="use a trace with the apps' names")
-    return load * space.total_slices / peak
+    return load / peak
 
 
 class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -156,14 +138,10 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
             raise ConfigError(f"the apps need {smallest.gpus} GPUs at one replica per task", field="gpus",
                               fix=f"give at least {smallest.gpus} GPUs or fewer apps")
         self.traces, self.demand = self._load_traces()
-        n, n_apps, n_paths = self.space.n_tasks, len(cfg.apps), self.space.incidence.shape[0]
+        n, n_apps = self.space.n_tasks, len(cfg.apps)
         self.action_space = gym.spaces.MultiDiscrete(np.tile(ACTION_NVEC, n))
-        self.observation_space = gym.spaces.Box(0.0, OBS_HIGH, shape=(3 * n_apps + 8 * n + 2 * n_paths + 2,),
-                                                dtype=np.float32)
+        self.observation_space = gym.spaces.Box(0.0, OBS_HIGH, shape=(self.space.observation_size,), dtype=np.float32)
         self.interval_demand = [d.mean(axis=1) for d in self.demand]  # [n_intervals, n_apps] per trace
-        self._peak = np.maximum(np.max([d.max(axis=(0, 1)) for d in self.demand], axis=0), 1e-9)
-        self._max_batch_log = math.log2(max(self.space.c_batch.max(), 2))
-        self._rows = np.arange(n)
         self._trace = self._t = self._end = 0
         self._levels = self.space.initial()
         self._decoded = self.space.decode(self._levels, np.zeros(n_apps))
@@ -227,6 +205,8 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
             metrics = evaluate(space.compiled(d), demand)  # one row per trace bin of the interval
             weights = demand.sum(axis=1)
             violation = float(metrics.violation @ weights / weights.sum()) if weights.sum() > 0 else 0.0
+            unsafe = bool((metrics.path_p95_ms > space.path_slo_ms).any()
+                          or (metrics.utilisation > 1.0 / space.opts.headroom).any())
             self._metrics = _last(metrics)
         else:
             metrics = None
@@ -235,6 +215,7 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
                                            start, start + cfg.interval_s,
                                            seed=cfg.seed_offset + int(self.np_random.integers(2**31)))
             violation = float(self._metrics.violation)
+            unsafe = bool((self._metrics.path_p95_ms > space.path_slo_ms).any())
         worst = np.full(len(cfg.apps), np.inf)
         np.minimum.at(worst, space.path_app, self._metrics.path_accuracy)
         shortfall = float((np.maximum(0.0, space.acc_slo - worst) / space.acc_slo).sum()) / len(cfg.apps)
@@ -245,7 +226,7 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
         info = {"metrics": {f.name: getattr(full, f.name) for f in fields(full)}, "violation": violation,
                 "slices": d.slices, "gpus": d.gpus,
                 "accuracy": float(self._metrics.path_accuracy.sum()) / len(space.path_app), "accuracy_shortfall": shortfall,
-                "repartitions": repartitions, "repairs": repairs, "overloaded": d.overloaded,
+                "repartitions": repartitions, "repairs": repairs, "unsafe": unsafe, "overloaded": d.overloaded,
                 "demand_rps": self.interval_demand[self._trace][self._t]}
         self._t += 1
         return self._observation(), float(reward), False, self._t >= self._end, info
@@ -263,17 +244,7 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
         return forecast_rps(self._history())
 
     def _observation(self) -> np.ndarray:
-        space, lv, d, m = self.space, self._levels, self._decoded, self._metrics
-        seg_slices = space.c_slices[d.config]
-        task = np.stack([
-            lv.variant / np.maximum(space.n_variants - 1, 1), lv.weight / BUDGET_LEVELS, d.budget_ms / space.slo_task,
-            seg_slices / space.gpu.compute_slices, np.log2(space.c_batch[d.config]) / self._max_batch_log,
-            lv.provision / (len(PROVISION_LEVELS) - 1), m.utilisation, d.replicas * seg_slices / space.total_slices])
-        slo = space.slo_task[space.incidence.argmax(axis=1)]
-        obs = np.concatenate([(self._history() / self._peak).ravel(), self._forecast() / self._peak, task.ravel(),
-                              np.fmin(m.path_p95_ms / slo, OBS_HIGH), m.path_violation,
-                              [d.slices / space.total_slices, d.gpus / self.config.gpus]])
-        return np.clip(obs, 0.0, OBS_HIGH).astype(np.float32)
+        return self.space.observation(self._levels, self._decoded, self._metrics, self._history(), self.space.capacity_rps)
 
 
 def _last(metrics: Any) -> Any:

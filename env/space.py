@@ -25,9 +25,11 @@ as violated).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +44,16 @@ ACTION_NVEC = (3, 3, 5)  # per task: variant step -1..+1, budget step -1..+1, pr
 BUDGET_LEVELS = 5
 PROVISION_LEVELS = np.array([1.0, 1.05, 1.1, 1.15, 1.2, 1.3, 1.4, 1.5, 1.75, 2.0])
 BUDGET_RESOLUTION_MS = 0.5
+HISTORY = 2  # intervals of measured demand the forecast and the observation see
+OBS_HIGH = 4.0  # observation features are scaled to about [0, 1] and clipped to [0, OBS_HIGH]
 SQUEEZE_STEP, SQUEEZE_TRIES = 0.95, 40  # an overloaded plan shrinks 5 % at a time (0.95^40 = 0.13)
+
+
+def forecast_rps(history: np.ndarray) -> np.ndarray:
+    """Next interval's req/s per app from ``history`` ([HISTORY, n_apps], oldest first): the last rate, or
+    its linear extrapolation when demand is rising (falling demand is followed one interval late: safe)."""
+    last, before = history[-1], history[-2]
+    return np.maximum(last, 2.0 * last - before)
 
 
 @dataclass(frozen=True, eq=False)
@@ -152,16 +163,19 @@ class DecisionSpace:
         self.c_variant, self.c_segment = arr["variant"].astype(np.int64), arr["segment"].astype(np.int64)
         self.c_batch, self.c_p50, self.c_p95 = arr["batch"].astype(np.int64), arr["p50"], arr["p95"]
         self.c_thr, self.c_slices = arr["thr"], arr["slices"]
+        self.c_task = arr["task"].astype(np.int64)
         self.seg_profile = np.array([gpu.profile_index(s.mig_profile.name) for s in gpu.segments])
         self.seg_workers = np.array([s.mps_workers for s in gpu.segments], dtype=float)
         self.profile_slices = np.array([p.compute_slices for p in gpu.mig_profiles], dtype=float)
         self.seg_profile_matrix = (self.seg_profile[:, None] == np.arange(len(gpu.mig_profiles))[None, :]).astype(float)
         self.total_slices = float(gpus * gpu.compute_slices)
         self.packer = Packer(gpu)
+        self._max_batch_log = math.log2(max(self.c_batch.max(), 2))
         self.log_accuracy = np.log(self.accuracy)
         self.log_acc_slo = np.log(self.acc_slo[self.path_app])
         self._on_path = self.incidence > 0
         self._rows = np.arange(n)
+        self.path_slo_ms = self.slo_task[self.incidence.argmax(axis=1)]
         self._fanout_tasks = sorted({u for u, _, fan in self.edges if np.ptp(fan[:self.n_variants[u]]) > 0})
         self.c_instance_slices = np.array([gpu.segments[s].mig_profile.compute_slices for s in self.c_segment], float)
         self._task_in_app = (self.task_app[:, None] == np.arange(len(self.apps))[None, :]).astype(float)
@@ -177,6 +191,24 @@ class DecisionSpace:
     @property
     def n_tasks(self) -> int:
         return len(self.tasks)
+
+    @functools.cached_property
+    def capacity_rps(self) -> np.ndarray:
+        """Per app, the req/s it alone could never exceed on the cluster: every task at its best items/s per
+        compute slice, with the fewest items any variant sends downstream (the scale the observation uses)."""
+        per_item = np.full(self.n_tasks, np.inf)
+        np.minimum.at(per_item, self.c_task, self.c_slices / self.c_thr)
+        fewest = self.items(np.array([int(np.argmin(self._fanout_of(t))) for t in range(self.n_tasks)]))
+        need = np.bincount(self.task_app, weights=fewest * per_item, minlength=len(self.apps))
+        return self.total_slices / need
+
+    def _fanout_of(self, t: int) -> np.ndarray:
+        """Items task t sends downstream per item, by its variant (ones when it has no per-variant fan-out)."""
+        total = np.zeros(self.n_variants[t])
+        for u, _, fan in self.edges:
+            if u == t:
+                total += fan[:self.n_variants[t]]
+        return total
 
     # ---- levels -> configuration
 
@@ -370,3 +402,26 @@ class DecisionSpace:
         fits = self.min_budget <= budget[:, None] + 1e-9
         variant = np.where(fits.any(axis=1), self.min_budget.shape[1] - 1 - fits[:, ::-1].argmax(axis=1), 0)
         return Levels(variant.astype(np.int64), weight, np.full(self.n_tasks, 2, dtype=np.int64))
+
+    # ---- what the agent sees
+
+    @property
+    def observation_size(self) -> int:
+        return (HISTORY + 1) * len(self.apps) + 8 * self.n_tasks + 2 * self.incidence.shape[0] + 2
+
+    def observation(self, levels: Levels, d: Decoded, metrics: Any, history: np.ndarray, peak_rps: np.ndarray
+                    ) -> np.ndarray:
+        """The agent's observation: per app the last HISTORY intervals' and the forecast req/s over ``peak_rps``;
+        per task variant, weight, budget / SLO, slices per worker, log batch, provisioning level, utilisation
+        (``metrics`` of the last interval) and share of the cluster; per path p95 / SLO and violation; slices
+        and GPUs used over the cluster's. Scaled to about [0, 1], clipped to [0, OBS_HIGH], float32."""
+        seg_slices = self.c_slices[d.config]
+        task = np.stack([
+            levels.variant / np.maximum(self.n_variants - 1, 1), levels.weight / BUDGET_LEVELS,
+            d.budget_ms / self.slo_task, seg_slices / self.gpu.compute_slices,
+            np.log2(self.c_batch[d.config]) / self._max_batch_log, levels.provision / (len(PROVISION_LEVELS) - 1),
+            metrics.utilisation, d.replicas * seg_slices / self.total_slices])
+        obs = np.concatenate([(history / peak_rps).ravel(), forecast_rps(history) / peak_rps, task.ravel(),
+                              np.fmin(metrics.path_p95_ms / self.path_slo_ms, OBS_HIGH), metrics.path_violation,
+                              [d.slices / self.total_slices, d.gpus / self.n_gpus]])
+        return np.clip(obs, 0.0, OBS_HIGH).astype(np.float32)

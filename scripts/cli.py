@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -172,6 +173,29 @@ def cmd_trace_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from agents.ppo import DEFAULT_HYPERPARAMS, TrainSettings, train
+
+    settings = TrainSettings.from_yaml(args.hyperparams or DEFAULT_HYPERPARAMS)
+    overrides = {k: v for k, v in (("n_timesteps", args.timesteps), ("n_envs", args.n_envs)) if v is not None}
+    env = {**settings.env_kwargs, **({"gpus": args.gpus} if args.gpus else {}),
+           **({"traces": args.trace} if args.trace else {})}
+    settings = replace(settings, **overrides, env_kwargs=env)
+    try:
+        summary = train(settings, Path(args.out), catalog_path=args.catalog, seed=args.seed,
+                        logdir=Path(args.logdir) if args.logdir else None,
+                        resume=Path(args.resume) if args.resume else None, progress=not args.no_progress)
+    except KeyboardInterrupt as e:
+        print(str(e) or "training interrupted", file=sys.stderr)
+        return 130
+    print(json.dumps(summary))
+    if args.logdir:
+        print(f"tensorboard --logdir {args.logdir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jigsaw", description="Autoscaling for compound inference on partitioned GPUs.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -209,6 +233,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-scale", type=float, default=1.0, help="multiply the time axis (0.5 = twice as fast)")
     p.add_argument("--rate-scale", type=float, default=1.0, help="multiply the rates")
     p.set_defaults(run=cmd_trace_show)
+
+    p = verbs.add_parser("train", help="train the MaskablePPO policy on JigsawServe-v0")
+    p.add_argument("--out", default="policies/default.zip", help="policy .zip to write (a .json sidecar goes beside)")
+    p.add_argument("--hyperparams", default=None, help="rl-zoo3-style YAML (default: agents/hyperparams/maskable_ppo.yml)")
+    p.add_argument("--timesteps", type=int, default=None, help="override n_timesteps")
+    p.add_argument("--n-envs", type=int, default=None, help="override n_envs (subprocesses when > 1)")
+    p.add_argument("--gpus", type=int, default=None, help="override env_kwargs.gpus")
+    p.add_argument("--trace", default=None, help="trace file(s), comma-separated (default: the shipped 3-app traces)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--logdir", default="runs/train", help="TensorBoard log directory (default %(default)s)")
+    p.add_argument("--resume", default=None, help="continue from a checkpoint .zip")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--catalog", default=None, help="catalog directory or file (default: the built-in one)")
+    p.set_defaults(run=cmd_train)
     return parser
 
 

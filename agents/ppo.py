@@ -1,0 +1,343 @@
+"""Training and loading the policy: MaskablePPO (sb3-contrib) on ``jigsaw/JigsawServe-v0``.
+
+``train`` runs vectorised environments (SubprocVecEnv for more than one), logs SB3's scalars plus ours
+(per episode: cost as slices over the cluster, violation, accuracy, and the share of steps whose plan the
+controller's check would refuse -- the fallback rate) to TensorBoard, evaluates on the held-out part of the
+traces periodically and keeps the best model, writes checkpoints, and resumes from one. Hyperparameters come
+from a YAML file in rl-zoo3's layout (``{env id: {n_timesteps, policy, n_envs, env_kwargs, ...PPO args}}``).
+
+Its output is the policy ``.zip`` plus a JSON sidecar (``<name>.json``) naming the catalog fingerprint, the
+environment settings and the version; ``load_policy`` refuses a policy trained for another catalog. A loaded
+``Policy`` acts without SB3: the actor network is exported to numpy (two small matrix products; ~10 us),
+and its ``proposer`` plugs into ``agents.controller.Controller``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import signal
+import time
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from env.gym_env import ENV_ID, EnvConfig, JigsawEnv
+from env.perf import evaluate
+from env.plan import Plan
+from env.space import ACTION_NVEC, DecisionSpace, Levels
+from profiles.catalog import Catalog, load_catalog
+from profiles.errors import ConfigError, JigsawError
+
+DEFAULT_HYPERPARAMS = Path(__file__).with_name("hyperparams") / "maskable_ppo.yml"
+FORMAT = 1  # sidecar format version
+
+
+class PolicyError(JigsawError):
+    """A policy file that cannot be used: missing, corrupt, or trained for another catalog or cluster."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """One training run: the YAML's entry for ENV_ID, with command-line overrides applied."""
+
+    n_timesteps: int = 300_000
+    n_envs: int = 2
+    policy: str = "MlpPolicy"
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    ppo_kwargs: dict[str, Any] = field(default_factory=dict)  # MaskablePPO's own arguments
+    eval_freq: int = 10_000  # env steps (over all envs) between held-out evaluations
+    eval_episodes: int = 6
+    checkpoint_freq: int = 50_000
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainSettings:
+        try:
+            doc = yaml.safe_load(Path(path).read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read ({e.strerror})", file=str(path), fix="give a hyperparameter YAML") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"not valid YAML ({e})".replace("\n", " "), file=str(path), fix="fix the syntax") from None
+        entry = doc.get(ENV_ID, doc.get(ENV_ID.split("/")[-1])) if isinstance(doc, dict) else None
+        if not isinstance(entry, dict):
+            raise ConfigError(f"no entry for {ENV_ID}", file=str(path), field=ENV_ID,
+                              fix=f"write the hyperparameters under the key '{ENV_ID}' (rl-zoo3 layout)")
+        own = {f.name for f in fields(cls)} - {"ppo_kwargs"}
+        values = {k: v for k, v in entry.items() if k in own}
+        ppo = {k: v for k, v in entry.items() if k not in own}
+        for key in ("n_timesteps", "n_envs", "eval_freq", "eval_episodes", "checkpoint_freq"):
+            if key in values:
+                try:
+                    values[key] = int(float(values[key]))
+                except (TypeError, ValueError):
+                    raise ConfigError(f"'{values[key]}' is not a number", file=str(path), field=key,
+                                      fix="give a whole number") from None
+                if values[key] < 1:
+                    raise ConfigError(f"{values[key]} < 1", file=str(path), field=key, fix="give a number >= 1")
+        settings = cls(**values, ppo_kwargs=ppo)
+        EnvConfig.from_dict(settings.env_kwargs, str(path))  # validate now, not in a subprocess
+        return settings
+
+
+def catalog_fingerprint(catalog: Catalog, config: EnvConfig) -> str:
+    """A hash of everything in the catalog the policy's decisions depend on: the apps' graphs, SLOs and
+    variants, and the profile tables of their tasks on the GPU type."""
+    h = hashlib.sha256()
+    gpu = catalog.gpu(config.gpu_type)
+    h.update(repr([(p.name, p.compute_slices, p.sms) for p in gpu.mig_profiles]).encode())
+    for name in config.apps:
+        app = catalog.app(name)
+        h.update(repr((app.name, app.latency_slo_ms, app.accuracy_slo, sorted(app.edges.items(), key=str),
+                       [(t.name, [(v.name, round(v.accuracy, 9)) for v in t.variants]) for t in app.tasks])).encode())
+        for t in app.task_names:
+            table = catalog.table(gpu.name, name, t)
+            for arr in (table.p95_ms, table.p50_ms, table.throughput_rps, table.kind):
+                h.update(np.nan_to_num(np.asarray(arr, dtype=float), nan=-1.0).round(6).tobytes())
+    return h.hexdigest()[:16]
+
+
+# ---- acting without SB3
+
+
+@dataclass(frozen=True)
+class ActorWeights:
+    """The actor of SB3's MlpPolicy: hidden layers (tanh) then the action logits, as numpy arrays."""
+
+    hidden: tuple[tuple[np.ndarray, np.ndarray], ...]
+    logits: tuple[np.ndarray, np.ndarray]
+    activation: str
+
+    def act(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The deterministic action: per head the allowed choice with the highest logit."""
+        h = obs.astype(np.float64)
+        act = np.tanh if self.activation == "tanh" else (lambda x: np.maximum(x, 0.0))
+        for w, b in self.hidden:
+            h = act(w @ h + b)
+        z = self.logits[0] @ h + self.logits[1]
+        z = np.where(mask, z, -np.inf).reshape(-1, sum(ACTION_NVEC))
+        return np.stack([z[:, a:b].argmax(axis=1) for a, b in itertools.pairwise(np.cumsum((0, *ACTION_NVEC)))],
+                        axis=1)
+
+
+def export_actor(model: Any) -> ActorWeights:
+    policy = model.policy
+    layers = [m for m in policy.mlp_extractor.policy_net if hasattr(m, "weight")]
+    activation = "tanh" if policy.activation_fn.__name__.lower() == "tanh" else "relu"
+    as_np = lambda t: t.detach().cpu().numpy().astype(np.float64)  # noqa: E731
+    return ActorWeights(tuple((as_np(m.weight), as_np(m.bias)) for m in layers),
+                        (as_np(policy.action_net.weight), as_np(policy.action_net.bias)), activation)
+
+
+class Policy:
+    """A trained policy bound to a catalog: proposes plans from measured demand (``proposer``)."""
+
+    def __init__(self, actor: ActorWeights, env_config: EnvConfig, catalog: Catalog, version: str) -> None:
+        self.actor, self.env_config, self.version = actor, env_config, version
+        self.space = DecisionSpace(catalog, env_config.gpu_type, list(env_config.apps), env_config.gpus)
+        self.levels: Levels | None = None
+        self.decoded: Any = None
+
+    def reset(self) -> None:
+        self.levels = self.decoded = None
+
+    def proposer(self, history: np.ndarray, forecast: Mapping[str, float], current: Plan | None) -> Plan:
+        """The policy's plan for the next interval. It continues from its own last proposal (its levels),
+        whether or not the controller applied it."""
+        space = self.space
+        f = np.array([forecast[a] for a in space.apps])
+        if self.levels is None:
+            self.levels, self.decoded, _ = space.repair(space.initial(), space.initial(), f)
+        metrics = evaluate(space.compiled(self.decoded), history[-1])
+        obs = space.observation(self.levels, self.decoded, metrics, history, space.capacity_rps)
+        action = self.actor.act(obs, space.masks(self.levels, self.decoded).reshape(-1))
+        self.levels, self.decoded, _ = space.step(self.levels, action, f)
+        return space.plan(self.levels, self.decoded)
+
+
+def sidecar_path(policy_path: Path) -> Path:
+    return policy_path.with_suffix(".json")
+
+
+def load_policy(path: str | Path, catalog: Catalog) -> Policy:
+    """Load a policy ``.zip`` and its sidecar; refuse a corrupt file or one trained for another catalog."""
+    path = Path(path)
+    meta_path = sidecar_path(path)
+    if not path.exists():
+        raise PolicyError("no such policy file", file=str(path), fix="train one with `jigsaw train --out FILE`")
+    try:
+        meta = json.loads(meta_path.read_text())
+        config = EnvConfig.from_dict(meta["env_config"], str(meta_path))
+        fingerprint, version = str(meta["catalog_fingerprint"]), str(meta["version"])
+    except OSError:
+        raise PolicyError("its settings file is missing", file=str(meta_path),
+                          fix="keep the .json that `jigsaw train` wrote beside the .zip") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise PolicyError(f"corrupt settings ({type(e).__name__}: {e})", file=str(meta_path),
+                          fix="re-train, or restore the .json `jigsaw train` wrote") from None
+    try:
+        expected = catalog_fingerprint(catalog, config)
+    except JigsawError as e:
+        raise PolicyError(f"trained for apps or a GPU type this catalog lacks ({e.message})", file=str(path),
+                          fix="use the catalog it was trained with, or re-train") from None
+    if expected != fingerprint:
+        raise PolicyError(f"trained for another catalog (fingerprint {fingerprint}, this catalog {expected})",
+                          file=str(path), fix="use the catalog it was trained with, or re-train with `jigsaw train`")
+    from sb3_contrib import MaskablePPO  # torch is only needed here and in training
+
+    try:
+        model = MaskablePPO.load(str(path), device="cpu")
+    except (zipfile.BadZipFile, ValueError, KeyError, RuntimeError, EOFError) as e:
+        raise PolicyError(f"corrupt policy ({type(e).__name__}: {e})".replace("\n", " "), file=str(path),
+                          fix="re-train, or restore the file") from None
+    actor = export_actor(model)
+    if actor.hidden[0][0].shape[1] != DecisionSpace(catalog, config.gpu_type, list(config.apps),
+                                                   config.gpus).observation_size:
+        raise PolicyError("its observation size does not match this version's environment", file=str(path),
+                          fix="re-train with this version")
+    return Policy(actor, config, catalog, version)
+
+
+# ---- training
+
+
+def _make_env(config: dict[str, Any], rank: int, seed: int) -> Any:
+    def init() -> Any:
+        from stable_baselines3.common.monitor import Monitor
+
+        env = Monitor(JigsawEnv(config))
+        env.reset(seed=seed + rank)
+        return env
+    return init
+
+
+class _Progress:
+    """A tqdm bar over timesteps with an ETA (SB3's own bar needs `rich`)."""
+
+    def __init__(self, total: int, start: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, desc="training")
+
+    def update(self, now: int) -> None:
+        self.bar.update(now - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def train(settings: TrainSettings, out: Path, *, catalog_path: str | None = None, seed: int = 0,
+          logdir: Path | None = None, resume: Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train, write ``out`` (.zip) and its sidecar, return a summary. Ctrl-C saves a checkpoint first."""
+    import torch
+    from sb3_contrib import MaskablePPO
+    from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    torch.set_num_threads(1)  # a small MLP: more threads only spin against the env processes on a 2-core machine
+    env_doc = {**settings.env_kwargs, "catalog": catalog_path, "part": "train", "mode": "perf"}
+    config = EnvConfig.from_dict(env_doc, "env_kwargs")
+    catalog = load_catalog(catalog_path)
+    out = out.with_suffix(".zip")
+    run_dir = out.parent / (out.stem + "_run")
+    for d in (out.parent, run_dir, *(x for x in (logdir,) if x is not None)):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            probe = d / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise ConfigError(f"cannot write there ({e.strerror})", file=str(d), field="--out/--logdir",
+                              fix="choose a writable directory") from None
+    env_fns = [_make_env(config.to_dict(), i, seed) for i in range(settings.n_envs)]
+    venv = SubprocVecEnv(env_fns) if settings.n_envs > 1 else DummyVecEnv(env_fns)
+    eval_doc = {**config.to_dict(), "part": "held_out", "random_levels": False}
+    eval_env = DummyVecEnv([_make_env(eval_doc, 10_000, seed)])
+    if resume is not None:
+        if not resume.exists():
+            raise PolicyError("no such checkpoint", file=str(resume), fix="give a .zip written by `jigsaw train`")
+        model = MaskablePPO.load(str(resume), env=venv, device="cpu", tensorboard_log=str(logdir) if logdir else None)
+    else:
+        try:
+            model = MaskablePPO(settings.policy, venv, seed=seed, device="cpu", verbose=0,
+                                tensorboard_log=str(logdir) if logdir else None, **settings.ppo_kwargs)
+        except (TypeError, ValueError) as e:
+            venv.close()
+            raise ConfigError(f"MaskablePPO refused the hyperparameters ({e})", field="hyperparameters",
+                              fix="use MaskablePPO's argument names and types") from None
+    total = config.gpus * catalog.gpu(config.gpu_type).compute_slices
+    bar = _Progress(settings.n_timesteps, model.num_timesteps) if progress else None
+
+    class Ours(BaseCallback):
+        """Per-episode means of our metrics (cost as slices over the cluster), and the progress bar."""
+
+        def _on_training_start(self) -> None:
+            self.sums = np.zeros((settings.n_envs, len(_TAGS) + 1))
+
+        def _on_step(self) -> bool:
+            for i, (info, done) in enumerate(zip(self.locals["infos"], self.locals["dones"], strict=True)):
+                self.sums[i] += [info["slices"] / total, info["violation"], info["accuracy"], info["unsafe"], 1.0]
+                if done:
+                    for tag, value in zip(_TAGS, self.sums[i, :-1] / self.sums[i, -1], strict=True):
+                        self.logger.record_mean(f"jigsaw/{tag}", float(value))
+                    self.sums[i] = 0.0
+            if bar is not None:
+                bar.update(self.num_timesteps)
+            return True
+
+    per_env = max(1, settings.eval_freq // settings.n_envs)
+    callbacks = CallbackList([
+        Ours(),
+        MaskableEvalCallback(eval_env, best_model_save_path=str(run_dir), log_path=str(run_dir), eval_freq=per_env,
+                             n_eval_episodes=settings.eval_episodes, deterministic=True, verbose=0),
+        CheckpointCallback(max(1, settings.checkpoint_freq // settings.n_envs), str(run_dir / "checkpoints"),
+                           name_prefix="jigsaw"),
+    ])
+    start = time.perf_counter()
+    interrupted = False
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        model.learn(settings.n_timesteps - (model.num_timesteps if resume else 0), callback=callbacks,
+                    reset_num_timesteps=resume is None, tb_log_name=out.stem)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if bar is not None:
+            bar.close()
+    if interrupted:
+        checkpoint = run_dir / "checkpoints" / f"interrupted_{model.num_timesteps}_steps.zip"
+        model.save(str(checkpoint))
+        venv.close()
+        raise KeyboardInterrupt(f"training interrupted at {model.num_timesteps} steps; checkpoint saved to "
+                                f"{checkpoint} (continue with --resume {checkpoint})")
+    best = run_dir / "best_model.zip"
+    final = MaskablePPO.load(str(best), device="cpu") if best.exists() else model
+    final.save(str(out))
+    version = f"{out.stem}@{time.strftime('%Y-%m-%dT%H:%M:%S')}"
+    meta = {"format": FORMAT, "version": version, "catalog_fingerprint": catalog_fingerprint(catalog, config),
+            "env_config": {**config.to_dict(), "catalog": None, "part": "train"},
+            "n_timesteps": int(model.num_timesteps), "seed": seed, "train_seconds": round(time.perf_counter() - start),
+            "hyperparameters": {"policy": settings.policy, "n_envs": settings.n_envs, **settings.ppo_kwargs}}
+    sidecar_path(out).write_text(json.dumps(meta, indent=1))
+    venv.close()
+    return {"out": str(out), "version": version, "timesteps": int(model.num_timesteps),
+            "seconds": meta["train_seconds"], "best_eval_reward": _best_eval(run_dir)}
+
+
+_TAGS = ("cost_slices", "violation", "accuracy", "fallback_rate")
+
+
+def _best_eval(run_dir: Path) -> float:
+    path = run_dir / "evaluations.npz"
+    if not path.exists():
+        return math.nan
+    with np.load(path) as data:
+        return float(data["results"].mean(axis=1).max())

@@ -1,0 +1,74 @@
+"""Training writes a policy and its settings; loading refuses what it cannot use; a loaded policy proposes plans
+through the controller. (How well a policy learns is measured by `jigsaw evaluate`, not here.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.controller import Controller
+from agents.ppo import PolicyError, TrainSettings, load_policy, sidecar_path, train
+from profiles.catalog import load_catalog
+from profiles.errors import ConfigError
+from scripts.cli import main
+
+TINY = TrainSettings(n_timesteps=256, n_envs=1, env_kwargs={"gpus": 4, "episode_intervals": 5},
+                     ppo_kwargs={"n_steps": 128, "batch_size": 64, "n_epochs": 1}, eval_freq=128, eval_episodes=1,
+                     checkpoint_freq=10**6)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("policy") / "tiny.zip"
+    summary = train(TINY, out, seed=1, logdir=out.parent / "tb", progress=False)
+    assert summary["timesteps"] >= 256 and Path(summary["out"]).exists()
+    return out
+
+
+def test_trained_policy_loads_and_proposes(trained: Path) -> None:
+    catalog = load_catalog()
+    meta = json.loads(sidecar_path(trained).read_text())
+    assert meta["env_config"]["gpus"] == 4 and meta["catalog_fingerprint"]
+    assert any((trained.parent / "tb").rglob("events.out.tfevents.*"))
+    policy = load_policy(trained, catalog)
+    ctl = Controller(catalog, "h100", list(policy.env_config.apps), 4, proposer=policy.proposer,
+                     policy_version=policy.version)
+    for _ in range(3):
+        d = ctl.decide({"social_media": 300.0, "traffic_analysis": 100.0, "ar_assistant": 50.0})
+        assert d.plan is not None and d.source in ("policy", "ilp") and d.policy_version == policy.version
+        assert np.isfinite(d.policy_slices)  # the policy's plan always fits the catalog; the check judges it
+
+
+def test_refuses_another_catalog_and_corrupt_files(trained: Path, tmp_path: Path) -> None:
+    catalog = load_catalog()
+    other = tmp_path / "other.zip"
+    other.write_bytes(trained.read_bytes())
+    meta = json.loads(sidecar_path(trained).read_text())
+    sidecar_path(other).write_text(json.dumps({**meta, "catalog_fingerprint": "0" * 16}))
+    with pytest.raises(PolicyError, match="another catalog"):
+        load_policy(other, catalog)
+    sidecar_path(other).write_text(json.dumps(meta))
+    other.write_bytes(b"not a zip")
+    with pytest.raises(PolicyError, match="corrupt"):
+        load_policy(other, catalog)
+    sidecar_path(other).write_text("{")
+    with pytest.raises(PolicyError, match="corrupt settings"):
+        load_policy(other, catalog)
+    with pytest.raises(PolicyError, match="no such policy"):
+        load_policy(tmp_path / "missing.zip", catalog)
+
+
+def test_bad_hyperparameters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "h.yml"
+    bad.write_text("jigsaw/JigsawServe-v0: {n_timesteps: lots}\n")
+    with pytest.raises(ConfigError):
+        TrainSettings.from_yaml(bad)
+    bad.write_text("other-env: {}\n")
+    assert main(["train", "--hyperparams", str(bad), "--out", str(tmp_path / "p.zip")]) == 2
+    assert "no entry for jigsaw/JigsawServe-v0" in capsys.readouterr().err
+    bad.write_text("jigsaw/JigsawServe-v0: {not_a_ppo_argument: 1, n_timesteps: 10}\n")
+    assert main(["train", "--hyperparams", str(bad), "--out", str(tmp_path / "p.zip"), "--no-progress",
+                 "--logdir", str(tmp_path / "tb")]) == 2
