@@ -16,7 +16,11 @@ cut, and fewer changes against the current plan.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -33,6 +37,7 @@ from profiles.types import App, GpuType, SegmentType
 
 FEATURE_SETS = ("none", "A", "S", "T", "A+T", "S+T", "A+S", "A+S+T")
 _CANCEL_GRACE_S = 1.0  # after cancelSolve, how long the interrupt callbacks get before we abandon the thread
+_STDOUT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -334,11 +339,28 @@ def _build(gpu: GpuType, blocks: list[AppBlock], gpus: int | None, opts: SolverO
                   np.array(rows.upper))
 
 
+def _quiet_highs() -> highspy.Highs:
+    """A silent ``highspy.Highs``. highspy >= 1.16 prints its banner to file descriptor 1 inside the constructor,
+    before ``output_flag`` can be set, which would corrupt ``jigsaw solve --json``; so fd 1 points at /dev/null
+    for the constructor's duration (under a lock: solves may run in threads)."""
+    with _STDOUT_LOCK, open(os.devnull, "w") as null:
+        with contextlib.suppress(ValueError, OSError):
+            sys.stdout.flush()
+        saved = os.dup(1)
+        try:
+            os.dup2(null.fileno(), 1)
+            h = highspy.Highs()
+            h.setOptionValue("output_flag", False)
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+    return h
+
+
 def _run(model: _Model, time_limit_s: float, mip_gap: float) -> tuple[str, np.ndarray | None, float]:
     """Solve with HiGHS under a hard wall-clock bound: HiGHS's own time limit can overrun, so the solve
     runs in HiGHS's solver thread and is cancelled (then abandoned) at the deadline."""
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = _quiet_highs()
     h.setOptionValue("time_limit", float(time_limit_s))
     h.setOptionValue("mip_rel_gap", float(mip_gap))
     # Presolve's probing spent 75% of the time on these big-M models (1.7 -> 0.85 s at 4 GPUs,
