@@ -41,5 +41,17 @@ class TraceError(JigsawError):
         super().__init__(message, file=f"{file}:{line}" if file and line else file, field=field, fix=fix)
 
 
+class ShimError(JigsawError):
+    """A serving request that cannot be met here: a backend this machine lacks, a port in use, a bad option."""
+
+
+class ProfilerError(JigsawError):
+    """A profiling request that cannot run (bad family, batches or shares, no such device, unwritable output)."""
+
+
 class ConfigError(JigsawError):
     """A malformed configuration (environment, training hyperparameters, daemon settings)."""
+
+
+class OutputError(JigsawError):
+    """A directory or file we were asked to write cannot be written (e.g. an evaluation's log directory)."""
