@@ -1,0 +1,122 @@
+"""Benchmark of the serving shim on the cpu backend with the no-op model (the router's cost alone).
+
+1. Router overhead: sequential requests to a one-task app (one worker, batch 1); per request, the time it
+   spent in the router (HTTP request parsed -> answer ready) minus the worker's service time: queues,
+   batching, the IPC round trip, bookkeeping. p50 and p99.
+2. Sustained rate: open-loop Poisson load from ``jigsaw loadgen`` in its own process (two workers, batch 8),
+   doubling the rate; the highest rate at which nothing is lost, >= 99% of requests are served within the
+   SLO, and the client-side p99 is within the SLO too (the load generator kept up). ``lost`` in the last line
+   sums every step, the failing one included.
+
+    python scripts/bench_shim.py [--requests 2000] [--step-s 3] [--max-rps 8000]
+
+Last line: {"router_overhead_ms_p50", "router_overhead_ms_p99", "sustained_rps", "lost"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from agents.controller import Controller  # noqa: E402
+from env.plan import Plan  # noqa: E402
+from profiles.catalog import load_catalog  # noqa: E402
+from serving_shim.daemon import Daemon, DaemonConfig  # noqa: E402
+from serving_shim.http import Client  # noqa: E402
+
+APP = "image_classify"
+
+
+def with_task(plan: Plan, **changes: int) -> Plan:
+    return dataclasses.replace(plan, apps={APP: {t: dataclasses.replace(c, **changes) for t, c in plan.apps[APP].items()}})
+
+
+async def overhead(daemon: Daemon, n: int) -> tuple[float, float, float]:
+    client = Client(daemon.url)
+    for i in range(200):  # warm the path
+        await client.call("POST", f"/v1/apps/{APP}/infer", json.dumps({"id": i}).encode())
+    daemon.router.overhead_ms.clear()
+    latencies = []
+    loop = asyncio.get_running_loop()
+    for i in range(n):
+        start = loop.time()
+        status, _ = await client.call("POST", f"/v1/apps/{APP}/infer", json.dumps({"id": i}).encode())
+        latencies.append(1000 * (loop.time() - start))
+        assert status == 200, status
+    client.close()
+    over = np.asarray(daemon.router.overhead_ms)
+    return float(np.percentile(over, 50)), float(np.percentile(over, 99)), float(np.percentile(latencies, 50))
+
+
+async def loadgen(url: str, rps: float, seconds: float, trace: Path) -> dict[str, float]:
+    trace.write_text(f"time_s,app,rps\n0,{APP},{rps}\n{seconds},{APP},{rps}\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "scripts.cli", "loadgen", "--trace", str(trace), "--url", url, "--duration", str(seconds),
+        "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out, _ = await proc.communicate()
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+async def bench(args: argparse.Namespace, run_dir: Path) -> dict[str, float]:
+    catalog = load_catalog()
+    plan = Controller(catalog, "h100", [APP], 1).decide({APP: 10.0}).plan
+    assert plan is not None
+    plan_file = run_dir / "start.json"
+    with_task(plan, batch=1, replicas=1).to_json(plan_file)
+    cfg = DaemonConfig(backend="cpu", apps=(APP,), run_dir=run_dir, port=0, interval_s=3600.0, plan_file=str(plan_file),
+                       model="noop")
+    daemon = Daemon(cfg)
+    ready = asyncio.Event()
+    running = asyncio.get_running_loop().create_task(daemon.run(on_ready=lambda _: ready.set()))
+    await ready.wait()
+    try:
+        p50, p99, client_p50 = await overhead(daemon, args.requests)
+        print(f"router overhead per request: p50 {p50:.3f} ms, p99 {p99:.3f} ms "
+              f"(client-side latency p50 {client_p50:.3f} ms; {args.requests} sequential requests, no-op model)")
+        await daemon.apply(with_task(plan, batch=8, replicas=2))
+        sustained, lost, rps = 0.0, 0, 250.0
+        slo_ms = catalog.apps[APP].latency_slo_ms
+        while rps <= args.max_rps:
+            s = await loadgen(daemon.url, rps, args.step_s, run_dir / "trace.csv")
+            lost += s["lost"]
+            good = s["lost"] == 0 and s["ok"] >= 0.99 * s["sent"] and (s["p99_ms"] or 0.0) <= slo_ms
+            print(f"  {rps:7.0f} req/s offered: sent {s['sent']}, ok {s['ok']}, violated {s['violated']}, dropped "
+                  f"{s['dropped']}, errors {s['errors']}, lost {s['lost']}, p99 {s['p99_ms']} ms -> "
+                  f"{'sustained' if good else 'not sustained'}")
+            if not good:
+                break
+            sustained, rps = rps, rps * 2
+        print(f"sustained rate: {sustained:.0f} req/s (two no-op workers, batch 8, {os.cpu_count()} cores)")
+    finally:
+        daemon.stop()
+        await running
+    return {"router_overhead_ms_p50": round(p50, 4), "router_overhead_ms_p99": round(p99, 4),
+            "sustained_rps": sustained, "lost": lost}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--requests", type=int, default=2000, help="sequential requests for the overhead")
+    p.add_argument("--step-s", type=float, default=3.0, help="seconds per offered rate")
+    p.add_argument("--max-rps", type=float, default=8000.0, help="highest offered rate")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-shim-") as tmp:
+        doc = asyncio.run(bench(args, Path(tmp)))
+    print(json.dumps(doc))
+
+
+if __name__ == "__main__":
+    main()

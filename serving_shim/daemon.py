@@ -1,0 +1,328 @@
+"""The daemon: the controller loop against live traffic.
+
+    jigsaw daemon --backend cpu|mps|mig --app A[,B…] [--policy FILE] [--plan FILE] [--port N] [--run-dir DIR]
+
+Startup: check the options (a plan file must fit the catalog), open the backend (a machine without what it
+needs fails here), listen (127.0.0.1 by default), then start the first plan: ``--plan FILE``, else the plan
+persisted in the run directory by a previous run, else the controller's plan for ``min_rps`` per app. Then,
+every ``interval_s``: measure each app's arrival rate at the router over the interval, ask the controller
+for a plan (in a thread: the ILP may take its time limit), and reconcile when the plan changed. A decision
+that raises is logged and the current plan stays. Every applied plan is persisted (``plan.json``, atomically);
+every decision is logged to TensorBoard (``tensorboard/``) and kept for ``/status``. ``/metrics`` serves
+Prometheus text. SIGTERM or SIGINT: stop accepting, answer what is pending, drain and stop every worker, stop
+the backend's daemons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import logging
+import math
+import signal
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agents.controller import Controller, Decision, Proposer
+from agents.ilp import SolverOptions
+from env.perf import compile_plan
+from env.plan import Plan
+from profiles.catalog import load_catalog
+from profiles.errors import PlanError, ShimError
+from serving_shim import metrics
+from serving_shim.backends import make_backend
+from serving_shim.http import Request, Response, Server
+from serving_shim.reconciler import Reconciler
+from serving_shim.router import ANSWER_GRACE_S, STATUSES, Router
+
+log = logging.getLogger("jigsaw.daemon")
+
+PLAN_FILE = "plan.json"
+_KEPT_DECISIONS = 50
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    backend: str
+    apps: tuple[str, ...]
+    run_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8080  # 0: any free port (printed at startup)
+    interval_s: float = 30.0  # control interval, seconds
+    min_rps: float = 1.0  # demand floor per app, req/s: an idle app keeps a minimal plan
+    catalog: str | None = None
+    gpu_type: str = "h100"
+    gpus: int = 1
+    policy: str | None = None
+    plan_file: str | None = None
+    max_workers: int | None = None  # cpu backend
+    model: str | None = None  # cpu backend: one stand-in for every worker (e.g. "noop")
+    solver: SolverOptions = field(default_factory=lambda: SolverOptions(time_limit_s=10.0))
+
+
+def load_policy(path: str) -> tuple[Proposer, str]:
+    """A trained policy as the controller's proposer, with its version. Needs ``agents.ppo``."""
+    if importlib.util.find_spec("agents.ppo") is None:
+        raise ShimError("policies arrive with the agents issue (agents/ppo.py does not exist yet)", file=path,
+                        field="--policy", fix="run without --policy: the ILP decides")
+    ppo = importlib.import_module("agents.ppo")
+    loader = getattr(ppo, "load_proposer", None)
+    if loader is None:
+        raise ShimError("agents.ppo has no load_proposer(path) -> (proposer, version)", file=path, field="--policy",
+                        fix="run without --policy: the ILP decides")
+    return loader(path)
+
+
+class Daemon:
+    def __init__(self, cfg: DaemonConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        """Checks everything that can be checked without touching the machine; raises ``JigsawError``."""
+        self.cfg, self.clock = cfg, clock
+        self.catalog = load_catalog(cfg.catalog)
+        self.gpu = self.catalog.gpu(cfg.gpu_type)
+        if not cfg.apps:
+            raise ShimError("no app to serve", field="--app", fix="name at least one app")
+        for name in cfg.apps:
+            self.catalog.app(name)
+            if not self.catalog.serves(self.gpu.name, name):
+                raise ShimError(f"app '{name}' has no profile on {self.gpu.name}", field="--app",
+                                fix=f"use one of {', '.join(self.catalog.apps_for(self.gpu.name))}")
+        if not (cfg.interval_s > 0 and cfg.min_rps >= 0 and cfg.gpus >= 1):
+            raise ShimError(f"interval {cfg.interval_s} s, min rate {cfg.min_rps} req/s, {cfg.gpus} GPUs",
+                            field="--interval/--min-rps/--gpus", fix="interval > 0, min rate >= 0, GPUs >= 1")
+        proposer, version = load_policy(cfg.policy) if cfg.policy else (None, "")
+        self.controller = Controller(self.catalog, self.gpu.name, list(cfg.apps), cfg.gpus, proposer=proposer,
+                                     policy_version=version, opts=cfg.solver)
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        self.plan_path = cfg.run_dir / PLAN_FILE
+        self.first_plan, self.plan_source = self._first_plan()
+        self.controller.current = self.first_plan
+        self.backend = make_backend(cfg.backend, cfg.run_dir, max_workers=cfg.max_workers, model=cfg.model)
+        self.router = Router(self.catalog, list(cfg.apps))
+        self.reconciler = Reconciler(self.backend, self.router, self.gpu)
+        self.server = Server(self.handle)
+        self.plan: Plan | None = None
+        self.slices_used = 0.0
+        self.decisions: deque[dict[str, Any]] = deque(maxlen=_KEPT_DECISIONS)
+        self.sources: Counter[str] = Counter()
+        self.rates_rps = dict.fromkeys(cfg.apps, 0.0)
+        self.url = ""
+        self.started_s = clock()
+        self._stop = asyncio.Event()
+        self._writer: Any = None
+
+    def _first_plan(self) -> tuple[Plan | None, str]:
+        if self.cfg.plan_file:
+            return self._checked(Plan.from_json(Path(self.cfg.plan_file)), self.cfg.plan_file), "file"
+        if self.plan_path.exists():
+            return self._checked(Plan.from_json(self.plan_path), str(self.plan_path)), "restored"
+        return None, "controller"
+
+    def _checked(self, plan: Plan, source: str) -> Plan:
+        try:
+            compiled = compile_plan(self.catalog, plan)
+        except PlanError as e:
+            raise PlanError(e.message, file=source, field=e.field, fix=e.fix) from None
+        except KeyError as e:  # compile_plan resolves per-variant fan-outs before it checks the variant names
+            raise PlanError(f"unknown name {e}", file=source, field="apps",
+                            fix="use the catalog's tasks and variants (see `jigsaw solve --json`)") from None
+        fix = f"write a plan for exactly these apps on {self.gpu.name} (jigsaw solve --json), or delete the file"
+        if plan.gpu_type != self.gpu.name:
+            raise PlanError(f"plan is for {plan.gpu_type}, the daemon runs {self.gpu.name}", file=source,
+                            field="gpu_type", fix=fix)
+        if set(compiled.app_names) != set(self.cfg.apps):
+            raise PlanError(f"plan serves {sorted(compiled.app_names)}, the daemon serves {sorted(self.cfg.apps)}",
+                            file=source, field="apps", fix=fix)
+        if len(plan.gpus) > self.cfg.gpus:
+            raise PlanError(f"plan uses {len(plan.gpus)} GPUs, the daemon has {self.cfg.gpus}", file=source,
+                            field="gpus", fix="raise --gpus or use a smaller plan")
+        return plan
+
+    # --------------------------------------------------------------------------------------------------- running
+
+    async def run(self, on_ready: Callable[[str], None] | None = None) -> int:
+        """Serve until ``stop``; ``on_ready`` gets the URL once the first plan serves."""
+        loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.backend.open)
+        try:
+            port = await self.server.start(self.cfg.host, self.cfg.port)
+        except ShimError:
+            self.backend.close()
+            raise
+        self.url = f"http://{self.cfg.host}:{port}"
+        from tensorboard.summary import Writer  # the package's own writer: no torch in the daemon
+
+        self._writer = Writer(str(self.cfg.run_dir / "tensorboard"))
+        supervisor = loop.create_task(self.reconciler.supervise())
+        try:
+            if self.first_plan is not None:
+                log.info("starting the %s plan", self.plan_source)
+                await self.apply(self.first_plan)
+            else:
+                await self._decide({a: self.cfg.min_rps for a in self.cfg.apps})
+            if on_ready is not None:
+                on_ready(self.url)
+            await self._control_loop()
+        finally:
+            supervisor.cancel()
+            await self._shutdown()
+        return 0
+
+    def stop(self) -> None:
+        """Make ``run`` shut down and return (from the daemon's event loop; other threads: call_soon_threadsafe)."""
+        self._stop.set()
+
+    async def _control_loop(self) -> None:
+        last_s = self.clock()
+        last = {a: s.arrivals for a, s in self.router.stats.items()}
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.cfg.interval_s)
+                return
+            except TimeoutError:
+                pass
+            now = self.clock()
+            span_s = max(now - last_s, 1e-9)
+            self.rates_rps = {a: (s.arrivals - last[a]) / span_s for a, s in self.router.stats.items()}
+            last_s, last = now, {a: s.arrivals for a, s in self.router.stats.items()}
+            await self._decide({a: max(r, self.cfg.min_rps) for a, r in self.rates_rps.items()})
+
+    async def _decide(self, demand: dict[str, float]) -> None:
+        try:
+            decision = await asyncio.to_thread(self.controller.decide, demand)
+        except Exception as e:  # a failed decision keeps the current plan; the daemon lives on
+            log.exception("decision failed; keeping the current plan")
+            self._record(demand, None, f"{type(e).__name__}: {e}")
+            return
+        self._record(demand, decision, "")
+        if decision.plan is not None and (decision.plan != self.plan or self.reconciler.failed):
+            await self.apply(decision.plan)
+
+    async def apply(self, plan: Plan) -> None:
+        """Reconcile to ``plan`` (make-before-break) and persist it."""
+        await self.reconciler.apply(plan)
+        self.plan = plan
+        self.slices_used = compile_plan(self.catalog, plan).slices_used
+        plan.to_json(self.plan_path)
+
+    def _record(self, demand: dict[str, float], d: Decision | None, error: str) -> None:
+        source = d.source if d is not None else "error"
+        self.sources[source] += 1
+        entry: dict[str, Any] = {"time": time.time(), "demand_rps": demand, "source": source}
+        if d is not None:
+            entry |= {"verdict": d.verdict, "policy_slices": _finite(d.policy_slices),
+                      "ilp_slices": _finite(d.ilp_slices), "gap": _finite(d.gap), "ilp_status": d.ilp_status,
+                      "decide_ms": round(d.decide_ms, 3), "policy_version": d.policy_version}
+        else:
+            entry["error"] = error
+        self.decisions.append(entry)
+        log.info("decision %d: %s %s", sum(self.sources.values()), source, d.ilp_status if d else error)
+        step = sum(self.sources.values())
+        w = self._writer
+        for app, rps in demand.items():
+            w.add_scalar(f"demand/{app}_rps", rps, step)
+        for s in ("policy", "ilp", "hold", "error"):
+            w.add_scalar(f"decision/source_{s}", float(s == source), step)
+        if d is not None:
+            w.add_scalar("decision/decide_ms", d.decide_ms, step)
+            for tag, value in (("decision/policy_slices", d.policy_slices), ("decision/ilp_slices", d.ilp_slices),
+                               ("decision/gap", d.gap)):
+                if math.isfinite(value):
+                    w.add_scalar(tag, value, step)
+        for app, st in self.router.stats.items():
+            w.add_scalar(f"requests/{app}_violated_total", st.answers["violated"] + st.answers["dropped"], step)
+        w.flush()
+
+    async def _shutdown(self) -> None:
+        log.info("shutting down: answering pending requests, draining workers")
+        self.server.stop_accepting()
+        self.router.accepting = False
+        limit_s = max(a.latency_slo_ms for a in self.router.apps.values()) / 1000 + ANSWER_GRACE_S + 1.0
+        deadline = self.clock() + limit_s
+        while self.router.pending and self.clock() < deadline:
+            await asyncio.sleep(0.05)
+        self.router.abort_all("shutting down")
+        self.server.close()
+        await self.reconciler.shutdown()
+        await asyncio.to_thread(self.backend.close)
+        if self._writer is not None:
+            self._writer.close()
+        log.info("stopped")
+
+    # ---------------------------------------------------------------------------------------------- endpoints
+
+    async def handle(self, request: Request) -> Response:
+        path = request.path.split("?", 1)[0]
+        if path in ("/metrics", "/status", "/healthz"):
+            if request.method != "GET":
+                return Response.error(405, "use GET")
+            if path == "/metrics":
+                return Response(200, self.metrics_text().encode(), "text/plain; version=0.0.4")
+            return Response.json(200, self.status() if path == "/status" else {"ok": True})
+        answer = await self.router.handle(request)
+        return answer if answer is not None else Response.error(404, f"no endpoint {path}")
+
+    def status(self) -> dict[str, Any]:
+        return {"backend": self.backend.name, "apps": list(self.cfg.apps), "url": self.url,
+                "uptime_s": round(self.clock() - self.started_s, 3), "plan_source": self.plan_source,
+                "plan": self.plan.to_dict() if self.plan is not None else None, "slices_used": self.slices_used,
+                "rates_rps": self.rates_rps, "workers": self.reconciler.status(),
+                "worker_restarts": self.reconciler.restarts,
+                "placement_notes": list(self.reconciler.notes), "devices": self.backend.devices(),
+                "decision_sources": dict(self.sources), "decisions": list(self.decisions)[-10:],
+                "answers": {a: dict(s.answers) for a, s in self.router.stats.items()}}
+
+    def metrics_text(self) -> str:
+        lab = metrics.labels
+        stats = self.router.stats
+        lines = metrics.family("jigsaw_requests_total", "counter", "Requests received per app.",
+                               {lab(app=a): s.arrivals for a, s in stats.items()})
+        lines += metrics.family("jigsaw_answers_total", "counter", "Requests answered, by app and status.",
+                                {lab(app=a, status=st): s.answers[st] for a, s in stats.items() for st in STATUSES})
+        lines += metrics.family("jigsaw_request_rate_rps", "gauge", "Arrival rate over the last control interval.",
+                                {lab(app=a): r for a, r in self.rates_rps.items()})
+        lines += metrics.family("jigsaw_violations_total", "counter", "Requests over the SLO or dropped, per app.",
+                                {lab(app=a): s.answers["violated"] + s.answers["dropped"] for a, s in stats.items()})
+        lines += metrics.family("jigsaw_drops_total", "counter", "Requests dropped early, per app.",
+                                {lab(app=a): s.answers["dropped"] for a, s in stats.items()})
+        lines += metrics.family("jigsaw_request_latency_seconds", "histogram", "Latency of served requests.",
+                                [x for a, s in stats.items() for x in s.latency.lines("jigsaw_request_latency_seconds",
+                                                                                      lab(app=a))])
+        lines += metrics.family("jigsaw_router_overhead_seconds", "histogram",
+                                "Time a served request spent in the router, outside workers' service.",
+                                list(self.router.overhead.lines("jigsaw_router_overhead_seconds", "")))
+        lines += metrics.family("jigsaw_slices_used", "gauge", "Compute slices (1/7 GPU) of the plan in force.",
+                                {"": self.slices_used})
+        lines += metrics.family("jigsaw_decisions_total", "counter", "Controller decisions by source.",
+                                {lab(source=s): self.sources[s] for s in ("policy", "ilp", "hold", "error")})
+        lines += metrics.family("jigsaw_workers", "gauge", "Worker processes by state.",
+                                {lab(state=st): n for st, n in Counter(w.state for w in self.reconciler.workers).items()})
+        lines += metrics.family("jigsaw_worker_restarts_total", "counter", "Workers restarted after dying.",
+                                {"": self.reconciler.restarts})
+        return "\n".join(lines) + "\n"
+
+
+def _finite(x: float) -> float | None:
+    return round(x, 4) if math.isfinite(x) else None
+
+
+def serve(cfg: DaemonConfig) -> int:
+    """Run the daemon in the foreground (``jigsaw daemon``); logs go to stderr, the URL to stdout."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    daemon = Daemon(cfg)
+
+    def ready(url: str) -> None:
+        print(f"jigsaw daemon: serving {', '.join(cfg.apps)} on {url} (backend {cfg.backend}, run dir {cfg.run_dir})",
+              flush=True)
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, daemon.stop)
+        return await daemon.run(on_ready=ready)
+
+    return asyncio.run(main())

@@ -1,0 +1,112 @@
+"""The load generator: replays a trace's arrivals open-loop against a running daemon.
+
+Arrivals are the trace's non-homogeneous Poisson process (``Trace.arrivals``); each request is sent at its
+time whether or not earlier ones were answered (open loop), over at most ``MAX_CONNECTIONS`` keep-alive
+connections (a request waits for a free one; that wait counts in its latency and its timeout). Every
+request ends in one of: ``ok`` / ``violated`` (200, served within / over the SLO), ``dropped`` (503, shed
+early), ``errors`` (any other answer), or ``lost`` (no answer at all: a broken connection or no reply within
+``timeout_s``). A correct shim loses nothing. Latency percentiles are over served requests, client side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from env.traces import Trace
+from profiles.errors import ShimError
+from serving_shim.http import Client
+
+REQUEST_TIMEOUT_S = 30.0
+MAX_CONNECTIONS = 256  # more only adds connection storms: the server answers one request per connection at a time
+
+
+@dataclass
+class LoadReport:
+    sent: int = 0
+    answered: int = 0
+    counts: Counter[str] = field(default_factory=Counter)  # ok / violated / dropped / errors
+    lost_reasons: Counter[str] = field(default_factory=Counter)
+    latencies_ms: list[float] = field(default_factory=list)  # served requests
+
+    @property
+    def lost(self) -> int:
+        return self.sent - self.answered
+
+    def summary(self) -> dict[str, Any]:
+        lat = np.asarray(self.latencies_ms)
+        pct = {f"p{q}_ms": round(float(np.percentile(lat, q)), 3) if lat.size else None for q in (50, 95, 99)}
+        return {"sent": self.sent, "answered": self.answered, "ok": self.counts["ok"],
+                "violated": self.counts["violated"], "dropped": self.counts["dropped"], "errors": self.counts["errors"],
+                "lost": self.lost, **pct}
+
+
+def trace_arrivals(trace: Trace, duration_s: float | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(send times in seconds from the start, app index) for the first ``duration_s`` of ``trace`` (all of it
+    when None)."""
+    start = float(trace.times_s[0])
+    end = trace.end_s if duration_s is None else start + duration_s
+    if not end > start:
+        raise ShimError(f"duration {duration_s} s", field="--duration", fix="give a number of seconds > 0")
+    times, app = trace.arrivals(np.random.default_rng(seed), start, min(end, trace.end_s))
+    return times - start, app
+
+
+async def replay(url: str, times_s: np.ndarray, app_index: np.ndarray, apps: Sequence[str], *,
+                 timeout_s: float = REQUEST_TIMEOUT_S) -> LoadReport:
+    """Send ``POST {url}/v1/apps/{app}/infer`` at each time (seconds from now); returns once every request is
+    answered or given up."""
+    Client(url)  # check the URL before sending anything
+    loop = asyncio.get_running_loop()
+    report, idle = LoadReport(), list[Client]()
+    slots = asyncio.Semaphore(MAX_CONNECTIONS)
+
+    async def call(app: str, rid: int) -> tuple[int, bytes]:
+        async with slots:
+            client = idle.pop() if idle else Client(url)
+            try:
+                answer = await client.call("POST", f"/v1/apps/{app}/infer", json.dumps({"id": rid}).encode())
+            except BaseException:  # a timeout cancels mid-request: the connection is unusable
+                client.close()
+                raise
+            idle.append(client)
+            return answer
+
+    async def one(app: str, rid: int) -> None:
+        sent_s = loop.time()
+        try:
+            status, body = await asyncio.wait_for(call(app, rid), timeout_s)
+        except (TimeoutError, OSError, EOFError, ValueError) as e:  # EOFError: IncompleteReadError
+            report.lost_reasons[type(e).__name__] += 1
+            return
+        report.answered += 1
+        try:
+            kind = json.loads(body).get("status")
+        except (ValueError, AttributeError):
+            kind = None
+        if status == 200 and kind in ("ok", "violated"):
+            report.counts[kind] += 1
+            report.latencies_ms.append(1000 * (loop.time() - sent_s))
+        elif status == 503 and kind == "dropped":
+            report.counts["dropped"] += 1
+        else:
+            report.counts["errors"] += 1
+
+    start = loop.time()
+    tasks = []
+    for t, a in zip(times_s.tolist(), app_index.tolist(), strict=True):
+        delay = start + t - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        report.sent += 1
+        tasks.append(loop.create_task(one(apps[a], report.sent)))
+    await asyncio.gather(*tasks)
+    for client in idle:
+        client.close()
+    return report

@@ -1,0 +1,138 @@
+"""The shim's parts that need no worker process: stand-in models, placement, MIG comparison, metrics text,
+the HTTP front end's answers to malformed requests, and the GPU backends' refusal on a machine without NVML."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+
+import pytest
+
+from env.plan import GpuLayout, Plan, TaskConfig
+from profiles.errors import CatalogError, ShimError
+from serving_shim.backends import CpuBackend, MigBackend, MpsBackend
+from serving_shim.backends.mig import difference, repartition_commands
+from serving_shim.backends.mps import sm_percentage
+from serving_shim.backends.nvidia import Gpu, MigDevice
+from serving_shim.http import Client, Server
+from serving_shim.metrics import Histogram, family, labels
+from serving_shim.router import Router
+
+
+def test_stand_in_models_run_and_grow_with_the_variant():
+    torch = pytest.importorskip("torch")
+    from profiles.models import build_model
+
+    for name in ("noop", "resnet18", "bert"):  # a first forward pass is slow (kernel set-up): run a few only
+        model, shape = build_model(name)
+        with torch.inference_mode():
+            assert model(torch.randn(2, *shape)).shape[0] == 2
+    params = {name: sum(p.numel() for p in build_model(name)[0].parameters())
+              for name in ("resnet18", "resnet152", "efficientnet_b0", "efficientnet_b7", "vit_b_16",
+                           "fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_resnet50_fpn_v2", "deeplabv3_resnet101",
+                           "classification")}
+    assert params["resnet152"] > params["resnet18"] > 0
+    assert params["efficientnet_b7"] > params["efficientnet_b0"]
+    assert params["fasterrcnn_resnet50_fpn_v2"] > params["fasterrcnn_mobilenet_v3_large_fpn"]
+    with pytest.raises(CatalogError):
+        build_model("../etc")
+
+
+def _plan(replicas: int, segment: str = "1g.10gb", workers: int = 1) -> Plan:
+    cfg = TaskConfig("resnet50", segment, workers, 4, replicas, 50.0)
+    return Plan("h100", {"image_classify": {"classify": cfg}, "social_media": {"tag": dataclasses.replace(cfg, replicas=1)}},
+                (GpuLayout(("7g.80gb",), (("image_classify/classify",),)),))
+
+
+def test_cpu_placement_caps_workers_and_maps_slices_to_threads(tmp_path, builtin_catalog):
+    gpu = builtin_catalog.gpus["h100"]
+    small = CpuBackend(tmp_path, max_workers=4).place(_plan(9), gpu)
+    counts = [s.key for s in small.specs]
+    assert counts.count("image_classify/classify") == 3 and counts.count("social_media/tag") == 1
+    assert any("scaled" in n for n in small.notes)
+    roomy = CpuBackend(tmp_path, max_workers=64).place(_plan(2, "7g.80gb"), gpu)
+    assert len(roomy.specs) == 3 and not roomy.notes
+    assert all(1 <= s.threads <= (os.cpu_count() or 1) for s in roomy.specs)
+    assert len(set(roomy.specs)) == 2  # equal specs are interchangeable replicas
+
+
+def test_mps_share_and_mig_difference(builtin_catalog):
+    gpu = builtin_catalog.gpus["h100"]
+    assert sm_percentage(gpu, "7g.80gb", 1) == 100
+    assert sm_percentage(gpu, "1g.10gb", 2) < sm_percentage(gpu, "1g.10gb", 1) < sm_percentage(gpu, "3g.40gb", 1)
+    plan = Plan("h100", {}, (GpuLayout(("3g.40gb", "4g.40gb"), ((), ())),))
+    present = [Gpu(0, "H100", "GPU-0", True, (MigDevice(0, "MIG-a", "4g.40gb"), MigDevice(0, "MIG-b", "3g.40gb")))]
+    assert difference(plan, present) == []
+    other = [Gpu(0, "H100", "GPU-0", True, (MigDevice(0, "MIG-a", "7g.80gb"),))]
+    [line] = difference(plan, other)
+    assert "3g.40gb" in line and "7g.80gb" in line
+    assert "-cgi 3g.40gb,4g.40gb" in repartition_commands(plan)[0]
+
+
+def test_gpu_backends_refuse_a_machine_without_nvml(tmp_path):
+    import pynvml
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        pass
+    else:
+        pynvml.nvmlShutdown()
+        pytest.skip("this machine has NVML")
+    for backend in (MpsBackend(tmp_path), MigBackend(tmp_path)):
+        with pytest.raises(ShimError, match="NVIDIA"):
+            backend.open()
+
+
+def test_prometheus_text():
+    h = Histogram((0.01, 0.1))
+    for v in (0.005, 0.05, 5.0):
+        h.observe(v)
+    lines = family("x_seconds", "histogram", "help", list(h.lines("x_seconds", labels(app='a"b'))))
+    assert 'x_seconds_bucket{app="a\\"b",le="0.01"} 1' in lines
+    assert 'x_seconds_bucket{app="a\\"b",le="+Inf"} 3' in lines
+    assert any(line.startswith('x_seconds_count{app="a\\"b"} 3') for line in lines)
+
+
+def test_malformed_requests_are_answered_4xx(builtin_catalog):
+    async def scenario() -> list[tuple[int, dict]]:
+        router = Router(builtin_catalog, ["ar_assistant"])
+        server = Server(lambda r: _route(router, r))
+        port = await server.start("127.0.0.1", 0)
+        url = f"http://127.0.0.1:{port}"
+        out = []
+        for method, path, body in (("POST", "/v1/apps/ar_assistant/infer", b"{not json"),
+                                   ("POST", "/v1/apps/ar_assistant/infer", b"[1, 2]"),
+                                   ("POST", "/v1/apps/nope/infer", b"{}"),
+                                   ("GET", "/v1/apps/ar_assistant/infer", b""),
+                                   ("POST", "/v1/apps/ar_assistant/infer", b"{" + b" " * 100_000 + b"}"),
+                                   ("POST", "/v1/apps/ar_assistant/infer", b"{}")):  # no plan yet: 503, at once
+            client = Client(url)
+            status, answer = await client.call(method, path, body)
+            client.close()
+            out.append((status, json.loads(answer)))
+        server.close()
+        return out
+
+    answers = asyncio.run(scenario())
+    assert [s for s, _ in answers] == [400, 400, 404, 405, 413, 503]
+    assert all(doc["status"] in ("error", "dropped") for _, doc in answers)
+
+
+async def _route(router: Router, request):
+    from serving_shim.http import Response
+    return await router.handle(request) or Response.error(404, "no such endpoint")
+
+
+def test_port_in_use_is_a_shim_error():
+    async def scenario() -> None:
+        first = Server(_route)
+        port = await first.start("127.0.0.1", 0)
+        try:
+            await Server(_route).start("127.0.0.1", port)
+        finally:
+            first.close()
+
+    with pytest.raises(ShimError, match="in use"):
+        asyncio.run(scenario())

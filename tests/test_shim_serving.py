@@ -1,0 +1,154 @@
+"""The shim with real worker processes on the cpu backend: a request through a depth-3 app, a plan change
+under load, a worker killed under load. One daemon (in this process, on its own event loop thread) serves
+the module; the load generator runs on the test's thread. No timing assertions: outcomes only."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Coroutine
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agents.controller import Controller
+from env.plan import Plan
+from env.traces import Trace
+from serving_shim.daemon import Daemon, DaemonConfig
+from serving_shim.loadgen import LoadReport, replay, trace_arrivals
+
+APP = "ar_assistant"
+LOAD_RPS = 20.0
+START_TIMEOUT_S = 180.0  # workers import torch: slow on a loaded CI machine
+
+
+def _replicas(plan: Plan, **changes: dict[str, Any]) -> Plan:
+    tasks = {t: dataclasses.replace(c, **changes.get(t, {})) for t, c in plan.apps[APP].items()}
+    return dataclasses.replace(plan, apps={APP: tasks})
+
+
+class Shim:
+    def __init__(self, daemon: Daemon, loop: asyncio.AbstractEventLoop, plan: Plan) -> None:
+        self.daemon, self.loop, self.plan = daemon, loop, plan
+
+    def get(self, path: str) -> dict[str, Any]:
+        with urllib.request.urlopen(self.daemon.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def post(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        req = urllib.request.Request(f"{self.daemon.url}/v1/apps/{APP}/infer", data=body, method="POST")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+
+    def in_daemon(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
+        """Run ``coro`` on the daemon's loop; awaitable from the test's loop."""
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    def under_load(self, seconds: float, during: Any) -> LoadReport:
+        """Replay LOAD_RPS for ``seconds``; one second in, run ``during()`` (a coroutine function)."""
+        trace = Trace(np.array([0.0]), (APP,), np.array([[LOAD_RPS]]), seconds)
+        times, apps = trace_arrivals(trace, None, seed=1)
+
+        async def scenario() -> LoadReport:
+            load = asyncio.get_running_loop().create_task(replay(self.daemon.url, times, apps, trace.apps))
+            await asyncio.sleep(1.0)
+            await during()
+            return await load
+
+        return asyncio.run(scenario())
+
+
+@pytest.fixture(scope="module")
+def shim(tmp_path_factory, builtin_catalog):
+    run_dir = tmp_path_factory.mktemp("shim")
+    plan = Controller(builtin_catalog, "h100", [APP], 1).decide({APP: 5.0}).plan
+    plan = _replicas(plan, recognise={"replicas": 2})
+    plan.to_json(run_dir / "start.json")
+    daemon = Daemon(DaemonConfig(backend="cpu", apps=(APP,), run_dir=run_dir, port=0, interval_s=3600.0,
+                                 plan_file=str(run_dir / "start.json"), max_workers=8))
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    thread = threading.Thread(target=loop.run_until_complete, args=(daemon.run(on_ready=lambda _: ready.set()),))
+    thread.start()
+    if not ready.wait(START_TIMEOUT_S):
+        loop.call_soon_threadsafe(daemon.stop)
+        pytest.fail("the daemon did not start")
+    yield Shim(daemon, loop, plan)
+    loop.call_soon_threadsafe(daemon.stop)
+    thread.join(60)
+    assert not thread.is_alive()
+    assert not daemon.reconciler.workers  # every worker stopped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_request_runs_through_the_depth_3_app(shim):
+    status, doc = shim.post(b'{"id": "first"}')
+    assert status == 200 and doc["status"] in ("ok", "violated") and doc["id"] == "first"
+    app = shim.daemon.catalog.apps[APP]
+    detect = shim.plan.apps[APP]["detect"].variant
+    assert doc["items"] >= 1 + int(app.fanout("detect", "recognise", detect))  # detect, then every recognise
+    metrics = urllib.request.urlopen(shim.daemon.url + "/metrics", timeout=30).read().decode()
+    assert f'jigsaw_requests_total{{app="{APP}"}} 1' in metrics
+    assert "jigsaw_request_latency_seconds_bucket" in metrics
+
+
+def test_a_plan_change_under_load_loses_nothing(shim):
+    before = shim.get("/status")["workers"]
+    new = _replicas(shim.plan, detect={"replicas": 2}, recognise={"variant": "resnet50"})
+
+    async def change() -> None:
+        await shim.in_daemon(shim.daemon.apply(new))
+
+    summary = shim.under_load(5.0, change).summary()
+    print(f"plan change under load: {summary}")
+    assert summary["lost"] == 0 and summary["errors"] == 0, summary
+    assert summary["ok"] + summary["violated"] > 0
+    workers = shim.get("/status")["workers"]
+    assert sorted((w["task"], w["variant"]) for w in workers) == sorted(
+        [("detect", new.apps[APP]["detect"].variant)] * 2 + [("recognise", "resnet50")] * 2
+        + [("segment", new.apps[APP]["segment"].variant)])
+    assert all(w["state"] == "ready" for w in workers)
+    retired = [w["pid"] for w in before if w["task"] == "recognise"]
+    assert not any(_alive(pid) for pid in retired)  # the old variant's workers were drained and stopped
+    assert shim.get("/status")["plan"] == json.loads(json.dumps(new.to_dict()))
+    shim.plan = new
+
+
+def test_a_killed_worker_is_replaced_under_load(shim):
+    workers = shim.get("/status")["workers"]
+    victim = next(w for w in workers if w["task"] == "recognise")
+
+    async def kill() -> None:
+        os.kill(victim["pid"], signal.SIGKILL)
+
+    summary = shim.under_load(5.0, kill).summary()
+    print(f"worker killed under load: {summary}")
+    assert summary["lost"] == 0 and summary["errors"] == 0, summary
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        status = shim.get("/status")
+        fresh = [w for w in status["workers"] if w["restarts"] == 1 and w["state"] == "ready"]
+        if fresh and len(status["workers"]) == len(workers):
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the killed worker was not replaced: {status['workers']}")
+    assert status["worker_restarts"] == 1
+    assert fresh[0]["task"] == "recognise" and fresh[0]["pid"] != victim["pid"]
+    print(f"replacement ready {fresh[0]['ready_s']:.2f} s after its launch")
+    status_code, doc = shim.post(b"{}")
+    assert status_code == 200 and doc["status"] in ("ok", "violated")
