@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,10 +18,14 @@ from agents.capacity import PAPER_AST_OVER_AT, PAPER_RATIOS, ablation
 from agents.ilp import Features, SolveResult, SolverOptions, solve
 from env.traces import Trace, load_trace
 from profiles.catalog import Catalog, load_catalog
-from profiles.errors import JigsawError, SolverError
+from profiles.errors import ConfigError, JigsawError, SolverError
+from profiles.profile_plan import ProfileSettings, parse_colocation, parse_positive_ints, parse_shares
+from profiles.profiler import run_profile
 
 EXIT_INFEASIBLE = 1
 EXIT_BAD_INPUT = 2
+EVAL_INTERVALS = 15  # per held-out trace: all systems on the 3 default traces in a few minutes on 2 cores
+EVAL_TIME_LIMIT_S = 5.0  # per ILP solve during evaluation
 
 
 def _solver_options(args: argparse.Namespace) -> SolverOptions:
@@ -173,6 +178,51 @@ def cmd_trace_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    catalog = load_catalog(args.catalog)
+    settings = ProfileSettings(args.family, tuple(_split(args.variants, "variants")),
+                               parse_positive_ints(args.batches, "--batches", "1,2,4,8"), parse_shares(args.sm_shares),
+                               Path(args.out), parse_colocation(args.colocation), args.device, args.min_iters,
+                               args.time_per_config)
+    s = run_profile(settings, catalog, args.gpu_type)
+    print(f"{s.device_type} ({s.device_name}): measured {s.measured}, skipped {s.skipped}, "
+          f"{s.already} already in {s.out}")
+    for c in s.colocation:
+        print(f"  co-location {c['segment']} x{c['workers']} ({c['worker_units']} per worker): "
+              f"p50 x{c['median_p50_factor']:.2f}, items/s per worker / {c['median_slowdown']:.2f} "
+              "against one worker alone (medians)")
+    return 0
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from serving_shim.daemon import DaemonConfig, serve
+
+    return serve(DaemonConfig(
+        backend=args.backend, apps=tuple(_split(args.app, "app")), run_dir=Path(args.run_dir), host=args.host,
+        port=args.port, interval_s=args.interval, min_rps=args.min_rps, catalog=args.catalog, gpu_type=args.gpu_type,
+        gpus=args.gpus, policy=args.policy, plan_file=args.plan, max_workers=args.max_workers, model=args.model,
+        solver=SolverOptions(headroom=args.headroom, time_limit_s=args.time_limit)))
+
+
+def cmd_loadgen(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from serving_shim.loadgen import replay, trace_arrivals
+
+    trace = load_trace(args.trace, time_scale=args.time_scale, rate_scale=args.rate_scale)
+    times, apps = trace_arrivals(trace, args.duration, args.seed)
+    print(f"replaying {len(times)} requests over {times[-1] if len(times) else 0:.1f} s against {args.url}",
+          file=sys.stderr)
+    s = asyncio.run(replay(args.url, times, apps, trace.apps, timeout_s=args.timeout)).summary()
+    if args.json:
+        print(json.dumps(s))
+    else:
+        print(f"sent {s['sent']}, answered {s['answered']} (ok {s['ok']}, violated {s['violated']}, dropped "
+              f"{s['dropped']}, errors {s['errors']}), lost {s['lost']}")
+        print("latency of served requests: " + ", ".join(f"{q} {s[f'{q}_ms']} ms" for q in ("p50", "p95", "p99")))
+    return 0 if s["lost"] == 0 else 1
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -193,6 +243,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(json.dumps(summary))
     if args.logdir:
         print(f"tensorboard --logdir {args.logdir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import time
+
+    from agents.baselines import POLICY_SYSTEMS, SYSTEM_NAMES, build_systems
+    from agents.evaluate import check_logdir, evaluate_systems, markdown_table, summary_document, write_outputs
+    from env.gym_env import EnvConfig
+
+    catalog = load_catalog(args.catalog)
+    policy, config = None, EnvConfig()
+    if args.policy:
+        from agents.ppo import load_policy
+
+        policy = load_policy(args.policy, catalog)
+        config = policy.env_config
+        if (args.app and tuple(_split(args.app, "app")) != config.apps) or (args.gpus and args.gpus != config.gpus):
+            raise ConfigError("the policy was trained for other apps or GPUs", file=args.policy, field="--app/--gpus",
+                              fix=f"leave them out: it serves {','.join(config.apps)} on {config.gpus} GPUs")
+    overrides = {k: v for k, v in (("apps", args.app), ("gpus", args.gpus), ("traces", args.trace)) if v is not None}
+    config = EnvConfig.from_dict({**config.to_dict(), **overrides, "catalog": args.catalog, "part": "held_out",
+                                  "mode": "sim"}, "command line")
+    names = _split(args.systems, "systems") if args.systems else [
+        n for n in SYSTEM_NAMES if policy is not None or n not in POLICY_SYSTEMS]
+    logdir = Path(args.logdir or time.strftime("runs/evaluate/%Y%m%d-%H%M%S"))
+    check_logdir(logdir)  # fail before the long part, not after it
+    systems = build_systems(catalog, config, names, SolverOptions(headroom=args.headroom, time_limit_s=args.time_limit),
+                            policy)
+    if policy is None and not args.json:
+        print("no --policy: the policy systems are skipped", file=sys.stderr)
+    ev = evaluate_systems(catalog, config, systems, args.intervals, args.seed,
+                          lambda jobs: tqdm(jobs, desc="evaluating", unit="run", file=sys.stderr,
+                                            disable=args.json or None))
+    write_outputs(ev, logdir)
+    if args.json:
+        print(json.dumps(summary_document(ev)))
+    else:
+        print(markdown_table(ev))
+        print(f"tensorboard --logdir {logdir}")
     return 0
 
 
@@ -247,6 +337,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--catalog", default=None, help="catalog directory or file (default: the built-in one)")
     p.set_defaults(run=cmd_train)
+
+    p = verbs.add_parser("evaluate", help="policy vs ILP vs baselines on the held-out traces (sim mode)")
+    p.add_argument("--policy", default=None, help="trained policy .zip (default: none; the policy systems are skipped)")
+    p.add_argument("--trace", default=None, help="trace file(s), comma-separated (default: the policy's, else the "
+                   "shipped 3-app traces); each is evaluated on its held-out last quarter")
+    p.add_argument("--app", default=None, help="app name(s), comma-separated (default: the policy's, else the 3 H100 apps)")
+    p.add_argument("--gpus", type=int, default=None, help="GPUs in the cluster (default: the policy's, else 4)")
+    p.add_argument("--intervals", type=int, default=EVAL_INTERVALS,
+                   help="intervals evaluated per held-out trace (default %(default)s)")
+    p.add_argument("--systems", default=None, help="comma-separated, of policy,policy_alone,ilp,static_peak,a_t,s_t,a_s,"
+                   "greedy (default: all; without --policy all but the policy ones)")
+    p.add_argument("--logdir", default=None, help="TensorBoard runs, plot and tables (default runs/evaluate/<time>)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulated arrivals (default 0)")
+    p.add_argument("--time-limit", type=float, default=EVAL_TIME_LIMIT_S,
+                   help="ILP wall-clock bound per decision, s (default %(default)s)")
+    p.add_argument("--headroom", type=float, default=SolverOptions.headroom,
+                   help="capacity provisioned per unit of demand (default %(default)s)")
+    p.add_argument("--catalog", default=None, help="catalog directory or file (default: the built-in one)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(run=cmd_evaluate)
+
+    p = verbs.add_parser("profile", help="measure a profile table on this GPU (or CPU)")
+    p.add_argument("--family", required=True, help="task family, e.g. classification")
+    p.add_argument("--variants", required=True, help="models of the family, comma-separated")
+    p.add_argument("--batches", default="1,2,4,8,16,32,64", help="batch sizes (default %(default)s)")
+    p.add_argument("--sm-shares", default="mig", help="'mig' (each MIG size's SM count) or percentages of the SMs "
+                   "(CPU: cores), comma-separated (default mig)")
+    p.add_argument("--out", required=True, help="profile CSV to write; an existing one is resumed")
+    p.add_argument("--colocation", default="1,2,4", help="MPS workers per segment to measure (default 1,2,4; 1 = none)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if visible, else cpu")
+    p.add_argument("--min-iters", type=int, default=20, help="timed repetitions at least (default 20)")
+    p.add_argument("--time-per-config", type=float, default=0.3, help="timing window per configuration, s (default 0.3)")
+    p.add_argument("--catalog", default=None, help="catalog directory or file (default: the built-in one)")
+    p.add_argument("--gpu-type", default="h100", help="GPU type whose MIG sizes 'mig' means (default h100)")
+    p.set_defaults(run=cmd_profile)
+
+    p = verbs.add_parser("daemon", help="serve apps: the controller loop against live traffic (Ctrl-C/SIGTERM stops)")
+    p.add_argument("--backend", choices=("cpu", "mps", "mig"), default="cpu", help="where workers run (default cpu)")
+    p.add_argument("--app", required=True, help="app name(s), comma-separated")
+    p.add_argument("--policy", default=None, help="trained policy proposing plans (default: the ILP decides)")
+    p.add_argument("--plan", default=None, help="plan JSON to start with (default: the run dir's, else the controller's)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=8080, help="port (default %(default)s; 0 = any free port)")
+    p.add_argument("--run-dir", default="jigsaw-run", help="plan, logs, sockets, TensorBoard (default ./%(default)s)")
+    p.add_argument("--interval", type=float, default=30.0, help="control interval, seconds (default %(default)s)")
+    p.add_argument("--min-rps", type=float, default=1.0, help="demand floor per app, req/s (default %(default)s)")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs the controller plans for (default %(default)s)")
+    p.add_argument("--max-workers", type=int, default=None, help="cpu backend: cap on worker processes "
+                   "(default: the core count, at least 2)")
+    p.add_argument("--model", default=None, help="cpu backend: run this stand-in in every worker (e.g. noop)")
+    p.add_argument("--catalog", default=None, help="catalog directory or file (default: the built-in one)")
+    p.add_argument("--gpu-type", default="h100", help="GPU type from the catalog (default h100)")
+    p.add_argument("--headroom", type=float, default=SolverOptions.headroom,
+                   help="capacity provisioned per unit of demand (default %(default)s)")
+    p.add_argument("--time-limit", type=float, default=10.0, help="ILP wall-clock bound per decision, s (default 10)")
+    p.set_defaults(run=cmd_daemon)
+
+    p = verbs.add_parser("loadgen", help="replay a trace open-loop against a running daemon")
+    p.add_argument("--trace", required=True, help="trace file (CSV time_s,app,rps; Azure formats)")
+    p.add_argument("--url", required=True, help="the daemon, e.g. http://127.0.0.1:8080")
+    p.add_argument("--duration", type=float, default=None, help="replay the first S seconds (default: all)")
+    p.add_argument("--time-scale", type=float, default=1.0, help="multiply the time axis (0.5 = twice as fast)")
+    p.add_argument("--rate-scale", type=float, default=1.0, help="multiply the rates")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals (default 0)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds before an unanswered request is lost")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(run=cmd_loadgen)
     return parser
 
 

@@ -1,0 +1,157 @@
+"""The systems ``agents.evaluate`` compares. Each is a fresh object per evaluated trace segment with one method,
+``decide(measured req/s per app of the last interval) -> Decision``; all but ``static_peak`` are
+``agents.controller.Controller``s, so they forecast, check and fall back the same way.
+
+* ``ilp``: no proposer, the ILP re-solved every interval on the cluster (the paper's controller, our reference).
+* ``static_peak``: one ILP plan for the segment's peak interval demand, never changed (it knows the peak in
+  advance: the classic over-provisioning baseline). If the peak does not fit the cluster, the peak scaled down
+  by STATIC_BACKOFF steps until it does (the most a static plan could provision).
+* ``a_t`` (Loki-like: whole GPUs), ``s_t``, ``a_s``: the ILP every interval with one lever off. They get
+  ABLATION_GPU_FACTOR times the cluster's GPUs, so that their slices measure what the missing lever costs at
+  the same demand and SLOs (on the cluster itself they mostly cannot serve the held-out demand at all).
+* ``greedy``: a reactive, SlackFit-like rule, ``Greedy``, as a proposer through the controller's safety check
+  (the ILP takes an interval whose greedy plan fails it). Per task, on ``env.space.DecisionSpace``:
+    1. latency budget = the task's equal share of its paths' SLO (middle budget weights), and the most
+       accurate variant with a configuration within that budget;
+    2. segment type and batch: the configuration with the most items/s per compute slice within the budget;
+    3. replicas = ceil(forecast req/s x F_t x headroom / throughput) (F_t: items per request reaching t);
+    4. while the plan needs more GPUs than the cluster has: step one task's variant down, the step that frees
+       the most slices while every path keeps its accuracy SLO; stop when no single step frees any;
+    5. still too big: ``DecisionSpace.repair`` drops to the lowest provisioning level, then scales replicas
+       down (an overloaded plan, which the safety check rejects).
+* ``policy`` / ``policy_alone``: the trained policy's proposer through the controller with / without the
+  safety check (``policy_alone`` applies whatever fits the catalog and the GPUs).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+import numpy as np
+
+from agents.controller import Controller, Decision
+from agents.ilp import Features, SolverOptions, solve
+from env.gym_env import EnvConfig
+from env.plan import Plan
+from env.space import PROVISION_LEVELS, DecisionSpace, Decoded, Levels
+from profiles.catalog import Catalog
+from profiles.errors import ConfigError
+
+SYSTEM_NAMES = ("policy", "policy_alone", "ilp", "static_peak", "a_t", "s_t", "a_s", "greedy")
+POLICY_SYSTEMS = ("policy", "policy_alone")
+ABLATIONS = {"a_t": Features(accuracy=True, spatial=False, budgeting=True),
+             "s_t": Features(accuracy=False, spatial=True, budgeting=True),
+             "a_s": Features(accuracy=True, spatial=True, budgeting=False)}
+ABLATION_GPU_FACTOR = 8  # A+T needs ~4x the GPUs of A+S+T on the shipped traces; 8x leaves room for spikes
+STATIC_BACKOFF, STATIC_MIN_SCALE = 0.8, 0.1
+
+
+class Decider(Protocol):
+    def decide(self, measured: Mapping[str, float]) -> Decision: ...
+
+
+# the segment's peak req/s per app (only static_peak uses it) -> a fresh system
+SystemFactory = Callable[[Mapping[str, float]], Decider]
+
+
+class PolicyLike(Protocol):
+    """What ``agents.ppo.load_policy`` returns, as far as the evaluation needs it."""
+
+    version: str
+
+    def proposer(self, history: np.ndarray, forecast: Mapping[str, float], current: Plan | None) -> Plan: ...
+
+    def reset(self) -> None: ...
+
+
+class StaticPeak:
+    """One ILP plan for ``peak_rps`` (req/s per app), returned every interval with source ``static``."""
+
+    def __init__(self, catalog: Catalog, gpu_type: str, gpus: int, peak_rps: Mapping[str, float],
+                 opts: SolverOptions) -> None:
+        self.scale = 1.0
+        while True:
+            result = solve(catalog, gpu_type, {a: r * self.scale for a, r in peak_rps.items()}, gpus, Features(), opts)
+            if result.plan is not None or self.scale * STATIC_BACKOFF < STATIC_MIN_SCALE:
+                break
+            self.scale *= STATIC_BACKOFF
+        self.plan, self.slices, self.status = result.plan, float(result.slices_used), result.status
+
+    def decide(self, measured: Mapping[str, float]) -> Decision:
+        start = time.perf_counter()
+        return Decision(self.plan, "static", "no proposer", math.nan, self.slices if self.plan else math.nan, math.nan,
+                        f"{self.status} at {self.scale:.2g} x peak", 1000.0 * (time.perf_counter() - start), "")
+
+
+class Greedy:
+    """The SlackFit-like rule of the module docstring, as a ``Proposer``."""
+
+    def __init__(self, catalog: Catalog, gpu_type: str, apps: list[str], gpus: int, opts: SolverOptions) -> None:
+        self.space = DecisionSpace(catalog, gpu_type, apps, gpus, opts=opts)
+        self.provision = min(int(np.searchsorted(PROVISION_LEVELS, opts.headroom - 1e-9)), len(PROVISION_LEVELS) - 1)
+
+    def __call__(self, history: np.ndarray, forecast: Mapping[str, float], current: Plan | None) -> Plan:
+        space = self.space
+        f = np.array([forecast[a] for a in space.apps])
+        levels = space.initial().replace(provision=np.full(space.n_tasks, self.provision))
+        decoded = space.decode(levels, f)
+        while decoded.gpus > space.n_gpus:
+            step = self._step_down(levels, decoded, f)
+            if step is None:
+                break
+            levels, decoded = step
+        levels, decoded, _ = space.repair(levels, levels, f)
+        return space.plan(levels, decoded)
+
+    def _step_down(self, levels: Levels, decoded: Decoded, f: np.ndarray) -> tuple[Levels, Decoded] | None:
+        """The one-variant step down that frees the most slices with every app's paths within their accuracy
+        SLOs, or None when no step frees any."""
+        best: tuple[Levels, Decoded] | None = None
+        for t in np.flatnonzero(levels.variant > 0):
+            variant = levels.variant.copy()
+            variant[t] -= 1
+            trial = levels.replace(variant=variant)
+            d = self.space.decode(trial, f)
+            if d.app_ok.all() and d.slices < (best[1] if best else decoded).slices:
+                best = (trial, d)
+        return best
+
+
+def build_systems(catalog: Catalog, config: EnvConfig, names: list[str], opts: SolverOptions,
+                  policy: PolicyLike | None = None) -> dict[str, SystemFactory]:
+    """A factory per system in ``names`` (of SYSTEM_NAMES) for ``config``'s apps and cluster; the policy systems
+    need ``policy`` (its state is reset for every segment)."""
+    unknown = [n for n in names if n not in SYSTEM_NAMES]
+    if unknown:
+        raise ConfigError(f"unknown system(s) {', '.join(unknown)}", field="--systems",
+                          fix=f"choose from {','.join(SYSTEM_NAMES)}")
+    if policy is None and any(n in POLICY_SYSTEMS for n in names):
+        raise ConfigError("the policy systems need a policy", field="--systems",
+                          fix="give --policy FILE, or leave out policy and policy_alone")
+    apps, gpus, gpu_type = list(config.apps), config.gpus, config.gpu_type
+
+    def controller(proposer: Callable | None = None, version: str = "", safety_check: bool = True,
+                   features: Features = Features(), cluster_gpus: int = gpus) -> Controller:
+        return Controller(catalog, gpu_type, apps, cluster_gpus, proposer=proposer, policy_version=version,
+                          safety_check=safety_check, opts=opts, features=features)
+
+    def with_policy(policy: PolicyLike, safety_check: bool) -> SystemFactory:
+        def make(_peak: Mapping[str, float]) -> Decider:
+            policy.reset()
+            return controller(policy.proposer, policy.version, safety_check)
+        return make
+
+    greedy = Greedy(catalog, gpu_type, apps, gpus, opts) if "greedy" in names else None  # stateless: shared
+    factories: dict[str, SystemFactory] = {
+        "ilp": lambda _peak: controller(),
+        "static_peak": lambda peak: StaticPeak(catalog, gpu_type, gpus, peak, opts),
+        "greedy": lambda _peak: controller(greedy, "greedy"),
+        **{name: (lambda _peak, f=f: controller(features=f, cluster_gpus=gpus * ABLATION_GPU_FACTOR))
+           for name, f in ABLATIONS.items()},
+    }
+    if policy is not None:  # one policy object serves both: the evaluation runs systems one after another
+        factories |= {"policy": with_policy(policy, True), "policy_alone": with_policy(policy, False)}
+    return {n: factories[n] for n in names}
