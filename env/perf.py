@@ -2,63 +2,79 @@
 
 ``compile_plan(catalog, plan)`` turns a plan into flat arrays once (it may loop); ``evaluate(compiled,
 demand_rps)`` is pure numpy over those arrays, vectorised over any number of demands at once, for the
-RL environment's thousands of calls a second. ``env.sim`` is the ground truth this approximates.
+RL environment's thousands of calls a second. ``env.sim`` is the ground truth this approximates: the model
+follows its mechanics (round-robin replicas, batching with a timeout, early drops at the deadline).
 
 The model, per task t of app a (times in ms, rates in items/s):
 
 * Arrivals. An app request brings F_t items to t (the product of the fan-outs along the edges into t,
-  with the fan-out of the plan's chosen upstream variant). lam_t = rate_a * F_t, spread evenly over the
+  with the fan-out of the plan's chosen upstream variant). lam_t = rate_a * F_t, dealt round-robin to the
   n_t replicas: lam_r = lam_t / n_t. Utilisation rho_t = lam_t / (n_t * thr_t), thr_t the profile's
   items/s of one worker at the plan's batch b_t.
-* Batching wait. A replica fills a batch of b_t from Poisson arrivals: the k-th of its items waits for
-  b_t - k more arrivals, an Erlang(b_t - k) time, so a random item's wait is an equal mixture of
-  Erlang(0 .. b_t - 1) at rate lam_q, whose p95 is exactly kappa_b / lam_q (kappa_b solves
-  (1/b) sum_{j<b} P(Poisson(kappa) < j) = 0.05; kappa_1 = 0, kappa_2 = ln 10, kappa_4 = 4.79,
-  kappa_64 = 62.9). A batch timeout tau_t = BATCH_TIMEOUT_SHARE * max(0, budget_t - p95_t) (half of what
-  the task's budget leaves after its p95 service time) bounds every wait. Every item is charged
-  fill_t = min(1000 kappa_b / lam_q, tau_t), the fill's p95, as a fixed delay (conservative for the
-  violation fraction). lam_q = min(lam_r, RHO_MAX thr_t): like the queue below, the fill is evaluated at
-  no more than RHO_MAX, so latency stops changing past RHO_MAX and violation cannot dip between RHO_MAX
-  and overload. Below it a batched task's latency may fall as load rises (its batches fill sooner), as
-  on a real server.
 * Service. The batch's service time S is a shifted exponential d_t + Exp(mean m_t) with the mean the
   profile's throughput implies, mu_t = 1000 b_t / thr_t (so that rho is the server's busy fraction), and
   the profile's p95: m_t = max(0, p95_t - mu_t) / (ln 20 - 1), d_t = max(0, mu_t - m_t) (then
-  P(S > p95_t) = 5%; d_t is clipped only where p95 > 2.99 mu, never in our tables). E[S] = d_t + m_t,
-  squared coefficient of variation cs2 = (m_t / E[S])^2. (The profile's p50 is not used.)
-* Queueing. Each replica is a G/G/1 server of batches (Kingman): batches arrive with Erlang-b_t gaps
-  (ca2 = 1 / b_t), Wq_t = (ca2 + cs2) / 2 * rq / (1 - rq) * E[S], with rq = min(rho_t, RHO_MAX). The
-  wait is 0 with probability 1 - rq and otherwise exponential with mean Wq_t / rq. (b = 1 and constant
-  service gives the exact M/D/1 mean rho S / (2 (1 - rho)).)
-* A path P's latency = D_P + R_P: D_P = sum_t (fill_t + d_t) is fixed; R_P, the sum of the queue waits
-  and service tails, is taken as 0 w.p. 1 - pi_P and otherwise exponential with mean theta_P, matching
-  its mean M_P = sum_t (Wq_t + m_t) and its chance of being positive pi_P = 1 - prod_t (1 - pi_t)
-  (pi_t = 1 if t's service has a tail, else rq): theta_P = M_P / pi_P. Hence
-      P(L_P > x) = pi_P exp(-(x - D_P) / theta_P) for x >= D_P (1 below),
-      p95_P = D_P + theta_P ln(pi_P / 0.05) if pi_P > 0.05, else D_P.
-* Overload. A path admits the share s_P = 1 / max(1, max_{t in P} rho_t) of its requests (its bottleneck);
-  the rest, 1 - s_P, is violated. The admitted share's queues are evaluated at rho capped at RHO_MAX (an
-  early-dropping server keeps its queue near, not beyond, saturation). Path violation
-      v_P = (1 - s_P) + s_P P(L_P > SLO_a).
+  P(S > p95_t) = 5%). E[S] = mu_t, squared coefficient of variation cs2 = (m_t / mu_t)^2. Every batch is
+  charged the full batch's service (conservative where a timeout sends a partial batch, which the simulator
+  runs as a smaller profiled batch). (The profile's p50 is not used.)
+* Waiting for the server: a heavy-traffic (diffusion) queue with impatience, M/G/1+D. The wait V an item
+  would have has an atom at 0 and density c e^{-g x}, with g = 2 (1 - rho) / (k E[S]) and c = 2 rho / (k E[S])
+  (unnormalised; for rho < 1 and no deadline this is the exponential wait with Kingman's mean
+  k / 2 * rho / (1 - rho) E[S], and it stays finite at and beyond rho = 1). k = ca2 + cs2, the batches'
+  arrival variability: a source task's replica gets every n_t-th of Poisson arrivals and every b_t of
+  those make a batch, ca2 = 1 / (n_t b_t); a downstream task's items come in clumps (a parent's batch
+  completing), so round-robin smooths nothing there: ca2 = 1 / b_t. Early drop (as in the simulator): an
+  item whose wait would exceed its patience P_t = SLO - rem_t - up_t is dropped (rem_t: the chain of
+  minimum service times d from t to the sink, longest branch; up_t: the ancestors' fill + mean service,
+  summed), so the density lives on [0, P_t]; the work beyond P_t (what the dropped items see) has mass
+  c e^{-g P} o with o_t = k E[S] / 2, the mean overshoot of the work over a level ((1 + cs2) E[S] / 2 for
+  b = 1, the M/G/1 residual). Normalising, Z = 1 + c (1 - e^{-g P}) / g + c e^{-g P} o: the drop fraction is
+  c e^{-g P} o / Z, and the wait of an item served is 0 w.p. 1 / J, else on (0, P) with density
+  c e^{-g x} / J, J = Z - c e^{-g P} o. Its mean is W_t = c (1 - e^{-g P} (1 + g P)) / (g^2 J).
+  Overload needs no special case: beyond rho = 1 the drop fraction tends to 1 - 1/rho as P grows (that
+  o makes o |g| = rho - 1), the share a server at full speed cannot serve.
+* Batching wait. A replica fills a batch of b_t: from Poisson arrivals the k-th of its items waits for
+  b_t - k more, an Erlang(b_t - k) time, so a random item's wait is an equal mixture of Erlang(0 .. b_t - 1)
+  at rate lam_q, whose p95 is exactly kappa_b / lam_q (kappa_b solves (1/b) sum_{j<b} P(Poisson(kappa) < j)
+  = 0.05; kappa_1 = 0, kappa_2 = ln 10, kappa_4 = 4.79, kappa_64 = 62.9). The batch timeout tau_t =
+  BATCH_TIMEOUT_SHARE * max(0, budget_t - p95_t) bounds it: F_t = min(1000 kappa_b / lam_q, tau_t),
+  lam_q = min(lam_r, RHO_MAX thr_t) (the fill stops shrinking near saturation). A batch fills while the
+  server is busy, so an item waits max(F, V), not F + V; for constant F, E[max(F, V)] = E[V] +
+  int_0^F P(V <= x) dx, and the fill is charged as the fixed delay fill_t = F P(V <= F / 2) (midpoint rule).
+* Violation. A request is late on a path if some task's wait (plus its own service tail) exceeds what the
+  rest of the path leaves it: for each task t, Q_t = SLO - (the longest path's mean latency through t
+  without t's wait and service tail), the mean latency of a task being fill + E[S] + W. fail_t =
+  P(V + T > Q_t) in the truncated wait (T ~ Exp(m_t) the task's service tail; closed form), and the path
+  violation v_P = 1 - prod_{t in P} (1 - fail_t): each task's wait against the others at their means. (To
+  first order in the others' spread this is exact where V's density is flat near Q, i.e. near saturation.)
+* p95 of a path over the requests served: D_P + theta_P ln(pi_P / 0.05) (D_P if pi_P <= 0.05), with D_P =
+  sum_t (fill_t + d_t) fixed and the rest (waits and service tails) taken as 0 w.p. 1 - pi_P and otherwise
+  exponential with their summed mean: pi_P = 1 - prod_t (1 - pi_t) (pi_t = 1 if t's service has a tail,
+  else the chance of waiting), theta_P = sum_t (W_t + m_t) / pi_P. Capped at SLO + p95 - d of the path's
+  last task: a request served started its last batch no later than its deadline minus d.
 * An app request is late if any of its paths is: v_a = 1 - prod_{P of a} (1 - v_P) (paths as independent).
 * Accuracy of a path = product of the chosen variants' normalised accuracies.
 
-Approximations to keep in mind: every item is charged the batching wait's p95 and the full batch's
-service time (even when the timeout sends a partial batch); throughput is the full batch's; replicas share
-load evenly; fill and queue waits add although a batch partly fills while the server is busy; the
-exponential that replaces a sum of tails overstates its p95; paths are treated as independent although they
-share tasks (overstates v_a); a request's items behind a fan-out are treated as one item (the slowest of k
-is not modelled); latency is per admitted item, so overload shows in the violation, not in the p95.
-Against a Monte Carlo of one replica's queue (tests/test_perf.py) the p95 is 0.95-1.3x the simulated one;
-at 50-90% load with batches of 4-8 and 40-60 ms services it is ~1.2-1.35x and the violation fraction
-2-6x (e.g. 0.08 predicted vs 0.01 simulated): conservative, to be calibrated against ``env.sim``.
+Approximations to keep in mind: every item is charged the full batch's service time and the fill's p95
+(capped by the timeout); throughput is the full batch's; replicas share load evenly; paths are treated as
+independent although they share tasks (overstates v_a); upstream latency enters a task's patience at its
+mean; a request's items behind a fan-out are treated as one item (the slowest of k is not modelled);
+the diffusion queue ignores that a bulk server's queue empties often at low load (overstates waits there).
+Against ``env.sim`` on ILP plans of the three H100 apps solved at a quarter and half of the 4-GPU demand
+bound (8-s runs, u = the busiest task's rho; tests/test_sim.py asserts the tolerance): path p95 is 0.75-1.57x
+the simulated one (the low end: the 1-2 ms path of a batch-1 task, within 1 ms; the high end: detector paths at
+low load, where the simulator runs timeout-sent partial batches as smaller, faster ones), 1.0-1.3x from u = 0.6
+to saturation. The app violation fraction is never below the simulated one by more than 0.005 and overstates it
+as the queue nears saturation: u = 0.9: <= 0.034 vs 0.006-0.025; u = 0.95: <= 0.14 vs 0.02-0.07; u = 1: 0.4-0.8
+vs 0.07-0.14. In overload it is pessimistic (u = 1.1: 1.0 vs 0.35-0.56; u = 2: 0.7-1.0 vs 0.6-0.99): a task
+behind a dropping one is evaluated at the full demand, not at what its parent passes on.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 import numpy as np
 from scipy.stats import poisson
@@ -70,9 +86,11 @@ from profiles.tables import ConfigKind
 from profiles.types import GpuType
 
 BATCH_TIMEOUT_SHARE = 0.5  # share of (budget - p95) a replica waits for its batch to fill
-RHO_MAX = 0.95  # queues are evaluated at no more than this utilisation (see the module docstring)
+RHO_MAX = 0.95  # the batch fill is evaluated at no more than this utilisation (see the module docstring)
 _TAIL = 0.05  # p95: the 5% tail
 _TINY = 1e-300
+_EXP_MAX = 300.0  # exponents are clipped to +-this: the wait's terms saturate long before, and nothing overflows
+_ONE_UP = 1.0 + 1e-9  # the wait's decay rate is k (_ONE_UP - rho): never exactly 0
 
 
 @dataclass(frozen=True)
@@ -101,18 +119,30 @@ class CompiledPlan:
     accuracy_slo: np.ndarray
     slices_used: float  # compute slices of MIG instances hosting >= 1 worker
     gpus_used: int  # GPUs hosting >= 1 worker
-    # derived for evaluate (see the module docstring)
+    # derived for evaluate (see the module docstring); structure (fixed per set of apps):
+    _inc_t: np.ndarray  # incidence.T, float [n_tasks, n_paths]
+    _path_in_app: np.ndarray  # [n_paths, n_apps], 0/1
+    _on_path: np.ndarray  # [n_tasks, n_paths]: 0 where the task is on the path, -inf elsewhere
+    _downstream: np.ndarray  # [n_tasks, n_tasks * n_paths]: x @ it = per (task, path) the sum of x from the task on
+    _ancestors: np.ndarray  # [n_tasks, n_tasks]: x @ it = per task the sum of x over its ancestors
+    _source: np.ndarray  # 1 where the task has no parent
+    _task_slo_ms: np.ndarray  # the latency SLO of the task's app
+    _sink: np.ndarray  # [n_paths] the task that ends the path
+    # per configuration:
     _lam_scale: np.ndarray  # F_t / n_t: per-replica items/s per app req/s
     _inv_thr: np.ndarray  # 1 / thr_t
     _fill_ms_rps: np.ndarray  # 1000 kappa_b
     _timeout_ms: np.ndarray  # tau_t
     _lam_cap: np.ndarray  # RHO_MAX thr_t: the load the fill wait is evaluated at, at most
-    _queue_coef_ms: np.ndarray  # (ca2 + cs2) / 2 * E[S]
-    _tail_flag: np.ndarray  # 1 where the service time has a tail
+    _mean_ms: np.ndarray  # E[S] = mu_t
     _fixed_ms: np.ndarray  # d_t
     _tail_ms: np.ndarray  # m_t
-    _inc_t: np.ndarray  # incidence.T, float [n_tasks, n_paths]
-    _path_in_app: np.ndarray  # [n_paths, n_apps], 0/1
+    _inv_tail: np.ndarray  # 1 / m_t (1 / _TINY where there is no tail)
+    _tail_flag: np.ndarray  # 1 where the service time has a tail
+    _coef: np.ndarray  # 2 / (k E[S]): g = coef (1 - rho), c = coef rho
+    _over_ms: np.ndarray  # o_t = k E[S] / 2
+    _slack_ms: np.ndarray  # SLO - rem_t
+    _p95_cap_ms: np.ndarray  # [n_paths] SLO + p95 - d of the path's last task
     _fixed_outputs: tuple[np.ndarray, np.ndarray, np.ndarray]  # read-only path accuracy, slices, GPUs
 
     @property
@@ -201,6 +231,21 @@ def compile_plan(catalog: Catalog, plan: Plan) -> CompiledPlan:
     slices, gpus_used = _layout_usage(plan, gpu, set(task_keys))
     arr = {k: np.array(v) for k, v in cols.items()}
     path_app = np.array([app_names.index(a) for a, _ in path_keys])
+    parents = {(a, v): (a, u) for a in app_names for (u, v) in catalog.apps[a].edges}
+    n_tasks, n_paths = len(task_keys), len(path_keys)
+    on_path = np.full((n_tasks, n_paths), -np.inf)
+    downstream = np.zeros((n_tasks, n_paths, n_tasks))
+    for pi, (name, path) in enumerate(path_keys):
+        ids = [index[(name, t)] for t in path]
+        for j, ti in enumerate(ids):
+            on_path[ti, pi] = 0.0
+            downstream[ti, pi, ids[j:]] = 1.0
+    ancestors = np.zeros((n_tasks, n_tasks))
+    for ti, key in enumerate(task_keys):
+        up = key
+        while up in parents:  # a task with several parents counts the first chain (the apps are trees)
+            up = parents[up]
+            ancestors[index[up], ti] = 1.0
     structure = CompiledPlan(
         app_names=app_names, task_keys=tuple(task_keys), path_keys=tuple(path_keys),
         task_app=arr["app"].astype(np.intp), incidence=incidence.astype(np.int8), path_app=path_app,
@@ -208,6 +253,10 @@ def compile_plan(catalog: Catalog, plan: Plan) -> CompiledPlan:
         accuracy_slo=np.array([catalog.apps[a].accuracy_slo for a in app_names]),
         _inc_t=np.ascontiguousarray(incidence.T),
         _path_in_app=(path_app[:, None] == np.arange(len(app_names))[None, :]).astype(float),
+        _on_path=on_path, _downstream=np.ascontiguousarray(downstream.reshape(n_tasks * n_paths, n_tasks).T),
+        _ancestors=ancestors, _source=np.array([float(k not in parents) for k in task_keys]),
+        _task_slo_ms=np.array([catalog.apps[a].latency_slo_ms for a, _ in task_keys]),
+        _sink=np.array([index[(a, p[-1])] for a, p in path_keys], dtype=np.intp),
         **{f.name: None for f in fields(CompiledPlan) if f.name in _PER_PLAN})  # type: ignore[arg-type]
     return with_configs(structure, p50_ms=arr["p50"], p95_ms=arr["p95"], throughput_rps=arr["thr"],
                         replicas=arr["n"].astype(np.int64), batch=arr["b"].astype(np.int64), budget_ms=arr["budget"],
@@ -217,8 +266,8 @@ def compile_plan(catalog: Catalog, plan: Plan) -> CompiledPlan:
 # the fields with_configs derives; the rest is the plan's structure (apps, tasks, paths), fixed per app set
 _PER_PLAN = frozenset({"p50_ms", "p95_ms", "throughput_rps", "replicas", "batch", "budget_ms", "items_per_request",
                        "accuracy", "path_accuracy", "slices_used", "gpus_used", "_lam_scale", "_inv_thr",
-                       "_fill_ms_rps", "_timeout_ms", "_lam_cap", "_queue_coef_ms", "_tail_flag", "_fixed_ms",
-                       "_tail_ms", "_fixed_outputs"})
+                       "_fill_ms_rps", "_timeout_ms", "_lam_cap", "_mean_ms", "_fixed_ms", "_tail_ms", "_inv_tail",
+                       "_tail_flag", "_coef", "_over_ms", "_slack_ms", "_p95_cap_ms", "_fixed_outputs"})
 
 
 def with_configs(structure: CompiledPlan, *, p50_ms: np.ndarray, p95_ms: np.ndarray, throughput_rps: np.ndarray,
@@ -226,22 +275,34 @@ def with_configs(structure: CompiledPlan, *, p50_ms: np.ndarray, p95_ms: np.ndar
                  accuracy: np.ndarray, slices_used: float, gpus_used: int) -> CompiledPlan:
     """``structure``'s apps, tasks and paths with new per-task configurations (arrays in task order), without
     resolving a ``Plan``: the RL environment's per-step path (``compile_plan`` resolves names and loops)."""
+    s = structure
     mu = 1000.0 * batch / throughput_rps
     tail = np.maximum(0.0, p95_ms - mu) / (math.log(1.0 / _TAIL) - 1.0)
     fixed = np.maximum(0.0, mu - tail)
-    mean = fixed + tail
-    cs2 = (tail / mean) ** 2
-    path_acc = np.exp(structure._inc_t.T @ np.log(accuracy))
-    return replace(
-        structure, p50_ms=p50_ms, p95_ms=p95_ms, throughput_rps=throughput_rps, replicas=replicas, batch=batch,
+    ca2 = 1.0 / (batch * np.where(s._source > 0, replicas, 1))
+    rem = _longest_through(fixed @ s._downstream, s._on_path)
+    coef = 2.0 / ((ca2 + (tail / mu) ** 2) * mu)  # 2 / (k E[S])
+    path_acc = np.exp(s._inc_t.T @ np.log(accuracy))
+    out = object.__new__(CompiledPlan)  # dataclasses.replace costs ~10 us on this many fields; the hot path
+    out.__dict__.update(s.__dict__)
+    out.__dict__.update(
+        p50_ms=p50_ms, p95_ms=p95_ms, throughput_rps=throughput_rps, replicas=replicas, batch=batch,
         budget_ms=budget_ms, items_per_request=items_per_request, accuracy=accuracy, path_accuracy=path_acc,
         slices_used=slices_used, gpus_used=gpus_used,
         _lam_scale=items_per_request / replicas, _inv_thr=1.0 / throughput_rps, _lam_cap=RHO_MAX * throughput_rps,
         _fill_ms_rps=1000.0 * np.array([fill_p95_arrivals(int(x)) for x in batch]),
         _timeout_ms=BATCH_TIMEOUT_SHARE * np.maximum(0.0, budget_ms - p95_ms),
-        _queue_coef_ms=(1.0 / batch + cs2) / 2.0 * mean, _tail_flag=(tail > 0).astype(float),
-        _fixed_ms=fixed, _tail_ms=tail,
+        _mean_ms=mu, _fixed_ms=fixed, _tail_ms=tail, _inv_tail=1.0 / np.maximum(tail, _TINY),
+        _tail_flag=(tail > 0).astype(float),
+        _coef=coef, _over_ms=1.0 / coef, _slack_ms=s._task_slo_ms - rem,
+        _p95_cap_ms=s.latency_slo_ms + (p95_ms - fixed)[s._sink],
         _fixed_outputs=(_read_only(path_acc), _read_only(np.array(slices_used)), _read_only(np.array(gpus_used))))
+    return out
+
+
+def _longest_through(per_pair: np.ndarray, on_path: np.ndarray) -> np.ndarray:
+    """Per task, the largest of ``per_pair`` ([..., n_tasks * n_paths], task-major) over the paths it is on."""
+    return np.max(per_pair.reshape(per_pair.shape[:-1] + on_path.shape) + on_path, axis=-1)
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
@@ -305,20 +366,34 @@ def evaluate(compiled: CompiledPlan, demand_rps: np.ndarray) -> Metrics:
         raise ValueError(f"demand_rps has shape {d.shape}; the last axis must be the {len(c.app_names)} apps")
     lam_r = d[..., c.task_app] * c._lam_scale  # items/s reaching one replica
     rho = lam_r * c._inv_thr
-    rq = np.minimum(rho, RHO_MAX)
-    fill = np.minimum(c._fill_ms_rps / np.maximum(np.minimum(lam_r, c._lam_cap), _TINY), c._timeout_ms)
-    wq = c._queue_coef_ms * rq / (1.0 - rq)
-    pi_t = np.maximum(rq, c._tail_flag)
-    fixed_p = (fill + c._fixed_ms) @ c._inc_t
-    mean_p = (wq + c._tail_ms) @ c._inc_t
-    pi_p = 1.0 - np.exp(np.log(np.maximum(1.0 - pi_t, _TINY)) @ c._inc_t)
-    theta = np.maximum(mean_p / np.maximum(pi_p, _TINY), 1e-12)
-    slack = c.latency_slo_ms - fixed_p
-    late = np.where(slack >= 0.0, pi_p * np.exp(-np.maximum(slack, 0.0) / theta), 1.0)
-    p95 = fixed_p + theta * np.log(np.maximum(pi_p, _TAIL) / _TAIL)
-    admitted = 1.0 / np.maximum(np.max(rho[..., None, :] * c.incidence, axis=-1), 1.0)
-    path_v = 1.0 - admitted * (1.0 - late)
-    app_v = 1.0 - np.exp(np.log(np.maximum(1.0 - path_v, _TINY)) @ c._path_in_app)
+    fill_p95 = np.minimum(c._fill_ms_rps / np.maximum(np.minimum(lam_r, c._lam_cap), _TINY), c._timeout_ms)
+    patience = np.maximum(c._slack_ms - (fill_p95 + c._mean_ms) @ c._ancestors, _TINY)
+    g = c._coef * (_ONE_UP - rho)  # never 0 at rho = 1 exactly (the closed forms' removable singularity)
+    cw = c._coef * rho
+    x = np.maximum(g * patience, -_EXP_MAX)
+    e_p = np.exp(-x)
+    em = -np.expm1(-x)
+    over = cw * e_p * c._over_ms  # mass of the dropped
+    body = cw * em / g  # mass of the waits in (0, P)
+    z = 1.0 + body + over
+    served = z - over
+    wait = cw * (em - x * e_p) / (g * g * served)
+    fill = fill_p95 * (1.0 - (cw * (np.exp(np.minimum(-0.5 * g * fill_p95, _EXP_MAX)) - e_p) / g + over) / z)
+    mean_t = fill + c._mean_ms + wait
+    through = np.max((mean_t @ c._inc_t)[..., None, :] + c._on_path, axis=-1)
+    q = np.minimum(np.maximum(c._task_slo_ms - through + wait + c._tail_ms, 0.0), patience)
+    e_q = np.exp(np.minimum(-g * q, _EXP_MAX))
+    e_t = np.exp(-q * c._inv_tail)
+    a = c._inv_tail - g
+    a[a == 0.0] = _TINY  # the removable singularity g = 1 / m (then e_q = e_t)
+    fail = np.minimum((cw * ((e_q - e_p) / g + (e_q - e_t) / a) + over + e_t) / z, 1.0)
+    log_ok = np.log(np.maximum(1.0 - fail, _TINY)) @ c._inc_t  # log P(a path is on time)
+    path_v = 1.0 - np.exp(log_ok)
+    pi_p = np.maximum(1.0 - np.exp(np.log(np.maximum(1.0 - np.maximum(body / served, c._tail_flag), _TINY))
+                                   @ c._inc_t), _TAIL)  # at least 5%: then theta's log factor below is 0
+    p95 = np.minimum((fill + c._fixed_ms) @ c._inc_t
+                     + ((wait + c._tail_ms) @ c._inc_t) * np.log(pi_p * (1.0 / _TAIL)) / pi_p, c._p95_cap_ms)
+    app_v = 1.0 - np.exp(log_ok @ c._path_in_app)
     violated = d * app_v
     total = d.sum(axis=-1)
     if d.ndim == 1:  # one demand: the compiled read-only constants as they are (broadcast_to costs ~3 us each)

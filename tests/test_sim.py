@@ -157,13 +157,14 @@ def test_simulate_trace(one_task):
     assert m.demand_rps[0] == pytest.approx(20.0, rel=0.15)
 
 
-# perf vs sim. Stated tolerance: perf is conservative. Where the queues are evaluated well below saturation
-# (u <= 0.6) its path p95 lies within [0.8, 1.75]x the simulated one (1.75, not 1.6: perf charges every item the
-# full batch's service time, while the simulator runs a timeout-sent partial batch as the smaller profiled batch;
-# at u = 0.3 on the detector paths that alone gives ~1.55-1.6x) and its app violation within 0.05 of the
-# simulated one. At u >= 0.9 perf's p95 is still >= 0.8x the simulated one (never optimistic beyond 20%) and its
-# violation >= the simulated one - 0.02, but it overstates both (recorded as divergence, not asserted).
+# perf vs sim. Stated tolerance, at every utilisation u (the plan's busiest task): perf's path p95 is >= 0.8x the
+# simulated one (never optimistic beyond 20%) and its app violation >= the simulated one - 0.02. Its p95 is
+# <= 1.35x the simulated one from u = 0.6 on, <= 1.75x at u = 0.3 (perf charges every item the full batch's
+# service time, while the simulator runs a timeout-sent partial batch as the smaller profiled batch: on the
+# detector paths at u = 0.3 that alone gives ~1.5-1.6x). Its violation overstates the simulated one by at most
+# MAX_OVERSTATEMENT[u]: the heavy-traffic queue is conservative as the queue nears saturation.
 AGREEMENT_UTILISATIONS = (0.3, 0.6, 0.9, 0.95)
+MAX_OVERSTATEMENT = {0.3: 0.01, 0.6: 0.01, 0.9: 0.03, 0.95: 0.1}
 
 
 def test_perf_agrees_with_sim(real):
@@ -179,11 +180,8 @@ def test_perf_agrees_with_sim(real):
         ratio = p.path_p95_ms[both] / s.path_p95_ms[both]
         dv = p.app_violation - s.app_violation
         rows.append((u, np.round(ratio, 2), np.round(p.app_violation, 3), np.round(s.app_violation, 3)))
-        assert (ratio >= 0.8).all(), (u, ratio)
-        assert (dv >= -0.02).all(), (u, dv)
-        if u <= 0.6:
-            assert (ratio <= 1.75).all(), (u, ratio)
-            assert (np.abs(dv) <= 0.05).all(), (u, dv)
+        assert (ratio >= 0.8).all() and (ratio <= (1.75 if u < 0.6 else 1.35)).all(), (u, ratio)
+        assert (dv >= -0.02).all() and (dv <= MAX_OVERSTATEMENT[u]).all(), (u, dv)
     for u, ratio, pv, sv in rows:  # shown with -s; divergence where the ratio leaves [0.8, 1.6]
         flag = "" if ((ratio >= 0.8) & (ratio <= 1.6)).all() else "  DIVERGES"
         print(f"u={u}: perf/sim path p95 {ratio}; violation perf {pv} sim {sv}{flag}")
