@@ -9,8 +9,10 @@ Shared by the Gymnasium environment (``env.gym_env``) and the controller's polic
 * **Segment and batch** follow from (variant, budget) by the best-throughput-per-slice rule: among the
   task's configurations (the ILP's candidates, ``agents.ilp.candidates``) whose allowance x p95 fits the
   budget (floored to BUDGET_RESOLUTION_MS), the one with the most items/s per compute slice.
-* **Provisioning**: an index into PROVISION_LEVELS, capacity over the forecast items/s; replicas =
-  max(1, ceil(forecast_rps * F_t * level / throughput)). The slice-count action steps this level, so a
+* **Provisioning**: an index into PROVISION_LEVELS, capacity over the forecast items/s beyond the headroom
+  (``SolverOptions.headroom``, the capacity the controller's check demands); replicas =
+  max(1, ceil(forecast_rps * F_t * headroom * level / throughput)), so no level proposes a plan the check
+  must refuse for capacity (below the headroom, every plan was). The slice-count action steps this level, so a
   task's slices follow demand between decisions and the agent learns how much spare capacity each task
   needs, not the demand curve itself (DESIGN.md's "slice step" moves replicas directly; stepping the
   level instead keeps one action meaning the same thing at 4 and at 120 GPUs).
@@ -186,6 +188,7 @@ class DecisionSpace:
         self._level_high = np.stack([self.n_variants - 1, np.full(n, BUDGET_LEVELS), np.full(n, len(PROVISION_LEVELS) - 1)],
                                     axis=1)
         self._provision_steps = np.array([-2, -1, 1, 2])
+        self._capacity_factor = PROVISION_LEVELS * opts.headroom  # the lowest level is the controller's headroom
         self._structure: CompiledPlan | None = None
 
     @property
@@ -240,7 +243,7 @@ class DecisionSpace:
 
     def replicas(self, config: np.ndarray, items: np.ndarray, provision: np.ndarray,
                  forecast_rps: np.ndarray) -> np.ndarray:
-        need = forecast_rps[self.task_app] * items * PROVISION_LEVELS[provision] / self.c_thr[config]
+        need = forecast_rps[self.task_app] * items * self._capacity_factor[provision] / self.c_thr[config]
         return np.maximum(1, np.ceil(need - 1e-9)).astype(np.int64)
 
     def decode(self, levels: Levels, forecast_rps: np.ndarray) -> Decoded:
@@ -395,13 +398,13 @@ class DecisionSpace:
         return Plan(gpu.name, apps, self.packer.layout(instances))
 
     def initial(self) -> Levels:
-        """Middle budgets, the lowest provisioning level above 1.0, and per task the most accurate variant that
-        has a configuration at its budget."""
+        """Middle budgets, the lowest provisioning level (capacity = forecast x headroom, as the ILP plans), and
+        per task the most accurate variant that has a configuration at its budget."""
         weight = np.full(self.n_tasks, (BUDGET_LEVELS + 1) // 2, dtype=np.int64)
         budget = self.budgets(weight)
         fits = self.min_budget <= budget[:, None] + 1e-9
         variant = np.where(fits.any(axis=1), self.min_budget.shape[1] - 1 - fits[:, ::-1].argmax(axis=1), 0)
-        return Levels(variant.astype(np.int64), weight, np.full(self.n_tasks, 2, dtype=np.int64))
+        return Levels(variant.astype(np.int64), weight, np.zeros(self.n_tasks, dtype=np.int64))
 
     # ---- what the agent sees
 
