@@ -35,7 +35,7 @@ from env.gym_env import EnvConfig, JigsawEnv
 from env.sim import simulate_trace
 from env.space import HISTORY
 from profiles.catalog import Catalog
-from profiles.errors import OutputError
+from profiles.errors import ensure_writable_dir
 
 TAGS = ("eval/slices", "eval/violation_pct", "eval/accuracy", "eval/decision_ms")
 NO_PROPOSER = "no proposer"  # the verdict of a decision made without a proposal (agents.controller)
@@ -165,23 +165,11 @@ def markdown_table(ev: Evaluation) -> str:
     return "\n".join(lines)
 
 
-def check_logdir(logdir: Path) -> None:
-    """Create ``logdir`` and make sure files can be written there (before a long evaluation, not after)."""
-    try:
-        logdir.mkdir(parents=True, exist_ok=True)
-        probe = logdir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise OutputError(f"cannot write there ({e.strerror or e})", file=str(logdir), field="--logdir",
-                          fix="give a writable directory") from None
-
-
 def write_outputs(ev: Evaluation, logdir: Path) -> None:
     """TensorBoard runs, the plot and the tables under ``logdir`` (see the module docstring)."""
     from tensorboard.summary import Writer  # the package's own writer: no torch here
 
-    check_logdir(logdir)
+    ensure_writable_dir(logdir, "--logdir")
     for name, rows in ev.results.items():
         writer = Writer(str(logdir / name))
         for r in rows:

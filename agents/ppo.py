@@ -34,9 +34,10 @@ from env.perf import evaluate
 from env.plan import Plan
 from env.space import ACTION_NVEC, DecisionSpace, Levels
 from profiles.catalog import Catalog, load_catalog
-from profiles.errors import ConfigError, JigsawError
+from profiles.errors import ConfigError, JigsawError, ensure_writable_dir
 
 DEFAULT_HYPERPARAMS = Path(__file__).with_name("hyperparams") / "maskable_ppo.yml"
+DEFAULT_POLICY = Path(__file__).with_name("policies") / "default.zip"  # shipped; trained by the default `jigsaw train`
 FORMAT = 1  # sidecar format version
 
 
@@ -247,15 +248,8 @@ def train(settings: TrainSettings, out: Path, *, catalog_path: str | None = None
     catalog = load_catalog(catalog_path)
     out = out.with_suffix(".zip")
     run_dir = out.parent / (out.stem + "_run")
-    for d in (out.parent, run_dir, *(x for x in (logdir,) if x is not None)):
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            probe = d / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as e:
-            raise ConfigError(f"cannot write there ({e.strerror})", file=str(d), field="--out/--logdir",
-                              fix="choose a writable directory") from None
+    for d, flag in ((out.parent, "--out"), (run_dir, "--out"), *(((logdir, "--logdir"),) if logdir else ())):
+        ensure_writable_dir(d, flag)
     env_fns = [_make_env(config.to_dict(), i, seed) for i in range(settings.n_envs)]
     venv = SubprocVecEnv(env_fns) if settings.n_envs > 1 else DummyVecEnv(env_fns)
     eval_doc = {**config.to_dict(), "part": "held_out", "random_levels": False}

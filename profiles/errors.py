@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class JigsawError(Exception):
     """A problem with something the user gave us: names the file, the field and the fix."""
@@ -55,3 +57,15 @@ class ConfigError(JigsawError):
 
 class OutputError(JigsawError):
     """A directory or file we were asked to write cannot be written (e.g. an evaluation's log directory)."""
+
+
+def ensure_writable_dir(directory: Path, field: str) -> None:
+    """Create ``directory`` and make sure files can be written there: before a long run, not after it."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"cannot write there ({e.strerror or e})", file=str(directory), field=field,
+                          fix="give a writable directory") from None

@@ -18,7 +18,7 @@ from agents.capacity import PAPER_AST_OVER_AT, PAPER_RATIOS, ablation
 from agents.ilp import Features, SolveResult, SolverOptions, solve
 from env.traces import Trace, load_trace
 from profiles.catalog import Catalog, load_catalog
-from profiles.errors import ConfigError, JigsawError, SolverError
+from profiles.errors import ConfigError, JigsawError, SolverError, ensure_writable_dir
 from profiles.profile_plan import ProfileSettings, parse_colocation, parse_positive_ints, parse_shares
 from profiles.profiler import run_profile
 
@@ -250,7 +250,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import time
 
     from agents.baselines import POLICY_SYSTEMS, SYSTEM_NAMES, build_systems
-    from agents.evaluate import check_logdir, evaluate_systems, markdown_table, summary_document, write_outputs
+    from agents.evaluate import evaluate_systems, markdown_table, summary_document, write_outputs
     from env.gym_env import EnvConfig
 
     catalog = load_catalog(args.catalog)
@@ -269,7 +269,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     names = _split(args.systems, "systems") if args.systems else [
         n for n in SYSTEM_NAMES if policy is not None or n not in POLICY_SYSTEMS]
     logdir = Path(args.logdir or time.strftime("runs/evaluate/%Y%m%d-%H%M%S"))
-    check_logdir(logdir)  # fail before the long part, not after it
+    ensure_writable_dir(logdir, "--logdir")  # fail before the long part, not after it
     systems = build_systems(catalog, config, names, SolverOptions(headroom=args.headroom, time_limit_s=args.time_limit),
                             policy)
     if policy is None and not args.json:
@@ -325,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_trace_show)
 
     p = verbs.add_parser("train", help="train the MaskablePPO policy on JigsawServe-v0")
-    p.add_argument("--out", default="policies/default.zip", help="policy .zip to write (a .json sidecar goes beside)")
+    p.add_argument("--out", default="runs/policy.zip", help="policy .zip to write, a .json sidecar beside it "
+                   "(default %(default)s; the shipped one is agents/policies/default.zip)")
     p.add_argument("--hyperparams", default=None, help="rl-zoo3-style YAML (default: agents/hyperparams/maskable_ppo.yml)")
     p.add_argument("--timesteps", type=int, default=None, help="override n_timesteps")
     p.add_argument("--n-envs", type=int, default=None, help="override n_envs (subprocesses when > 1)")
