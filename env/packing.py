@@ -2,8 +2,9 @@
 
 The ILP packs exactly (integer counts per valid partition); the environment needs an answer in
 microseconds on every step, so it packs greedily: repeatedly cut the maximal partition that covers the
-most compute slices of what is still unplaced (ties: the one with the fewest slices, i.e. the least waste),
-as many times over as it stays fully useful. Greedy can use a GPU more than the optimum on awkward mixes;
+most compute slices of what is still unplaced (ties: the one that places more of the big instances, which
+fit in fewer partitions, then the one with the fewest slices, i.e. the least waste), as many times over as it
+stays fully useful. Greedy can use a GPU more than the optimum on awkward mixes;
 the controller's check and the ILP fallback make that safe, never wrong. Results are memoised per
 (GPU type, counts): the environment revisits the same mixes constantly.
 """
@@ -28,6 +29,7 @@ class Packer:
         self.gpu = gpu
         self._parts = np.array([p.counts for p in gpu.maximal_partitions], dtype=np.int64)
         self._slices = np.array([p.compute_slices for p in gpu.mig_profiles], dtype=np.int64)
+        self._slices_sq = self._slices ** 2
         self._waste = self._parts @ self._slices
         self._memo: dict[tuple[int, ...], tuple[tuple[int, int], ...]] = {}
 
@@ -43,8 +45,8 @@ class Packer:
         parts = self._parts
         out: list[tuple[int, int]] = []
         while rem.any():
-            cover = np.minimum(parts, rem) @ self._slices
-            best = int(np.lexsort((self._waste, -cover))[0])
+            held = np.minimum(parts, rem)
+            best = int(np.lexsort((self._waste, -(held @ self._slices_sq), -(held @ self._slices)))[0])
             used = (parts[best] > 0) & (rem > 0)
             times = max(1, int((rem[used] // parts[best][used]).min()))
             rem = np.maximum(rem - times * parts[best], 0)

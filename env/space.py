@@ -8,7 +8,10 @@ Shared by the Gymnasium environment (``env.gym_env``) and the controller's polic
   budgets sum to at most the SLO. Raising w_t moves budget from the other tasks on t's paths to t.
 * **Segment and batch** follow from (variant, budget) by the best-throughput-per-slice rule: among the
   task's configurations (the ILP's candidates, ``agents.ilp.candidates``) whose allowance x p95 fits the
-  budget (floored to BUDGET_RESOLUTION_MS), the one with the most items/s per compute slice.
+  budget (floored to BUDGET_RESOLUTION_MS), the one with the most items/s per slice of GPU it occupies:
+  compute slices, or memory slots where those are scarcer (a 1g.20gb instance holds a seventh of an H100's
+  compute but a quarter of its memory; ranked by compute alone, plans of 1g.20gb filled the GPUs at 4 of 7
+  slices each).
 * **Provisioning**: an index into PROVISION_LEVELS, capacity over the forecast items/s beyond the headroom
   (``SolverOptions.headroom``, the capacity the controller's check demands); replicas =
   max(1, ceil(forecast_rps * F_t * headroom * level / throughput)), so no level proposes a plan the check
@@ -124,6 +127,10 @@ class DecisionSpace:
         grid = math.ceil(self.slo_task.max() / res) + 1
         self.best = np.full((n, v_max, grid), -1, dtype=np.int64)
         self.min_budget = np.full((n, v_max), np.inf)
+        # a worker's share of a GPU in compute slices, or in memory slots where those are scarcer: H100 holds
+        # seven 1g.10gb but only four 1g.20gb instances, so per compute slice the latter packs 1.75x worse
+        footprint = np.array([s.slices * max(1.0, s.mig_profile.width * gpu.compute_slices
+                                             / (gpu.memory_slots * s.mig_profile.compute_slices)) for s in gpu.segments])
         for a in self.apps:
             app = catalog.app(a)
             cands, reason = candidates(catalog, gpu, app, features, opts)
@@ -152,7 +159,7 @@ class DecisionSpace:
                         cols[key].append(float(value))
                 ids = np.arange(start, len(cols["task"]))
                 need = opts.latency_allowance * np.array(cols["p95"])[ids]
-                per_slice = np.array(cols["thr"])[ids] / np.array(cols["slices"])[ids]
+                per_slice = np.array(cols["thr"])[ids] / footprint[c.segment]
                 for v in np.unique(c.variant):
                     mine = ids[c.variant == v]
                     order = np.lexsort((need[mine - start], -per_slice[mine - start]))  # best per slice first
