@@ -286,11 +286,20 @@ def train(settings: TrainSettings, out: Path, *, catalog_path: str | None = None
                 bar.update(self.num_timesteps)
             return True
 
+    class SameEpisodes(MaskableEvalCallback):
+        """Every evaluation on the same held-out episodes (reseeded before each), so that the best model is
+        chosen by what it learned, not by which episodes the evaluation happened to draw."""
+
+        def _on_step(self) -> bool:
+            if self.eval_freq > 0 and self.n_calls % self.eval_freq == 0:
+                self.eval_env.seed(seed + 10_000)
+            return super()._on_step()
+
     per_env = max(1, settings.eval_freq // settings.n_envs)
     callbacks = CallbackList([
         Ours(),
-        MaskableEvalCallback(eval_env, best_model_save_path=str(run_dir), log_path=str(run_dir), eval_freq=per_env,
-                             n_eval_episodes=settings.eval_episodes, deterministic=True, verbose=0),
+        SameEpisodes(eval_env, best_model_save_path=str(run_dir), log_path=str(run_dir), eval_freq=per_env,
+                     n_eval_episodes=settings.eval_episodes, deterministic=True, verbose=0),
         CheckpointCallback(max(1, settings.checkpoint_freq // settings.n_envs), str(run_dir / "checkpoints"),
                            name_prefix="jigsaw"),
     ])
