@@ -1,4 +1,5 @@
-# `make demo` sets everything up and runs the main job on the built-in catalog; `make test` runs the tests.
+# `make demo` sets everything up and evaluates the shipped policy against the ILP and the baselines on the built-in
+# catalog; `make test` runs the tests.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,8 +13,7 @@ $(BIN)/jigsaw: pyproject.toml
 	touch $@
 
 demo: $(BIN)/jigsaw
-	$(BIN)/jigsaw solve --app social_media,traffic_analysis,ar_assistant --rps 500,100,200 --gpus 4
-	$(BIN)/jigsaw capacity --gpus 120
+	$(BIN)/jigsaw evaluate --policy agents/policies/default.zip --logdir runs/demo
 
 test: $(BIN)/jigsaw
 	$(BIN)/python -m pytest -q
@@ -22,7 +22,7 @@ lint: $(BIN)/jigsaw
 	$(BIN)/ruff check .
 
 bench: $(BIN)/jigsaw
-	$(BIN)/python scripts/bench_ilp.py
+	for b in ilp perf sim env decide shim; do $(BIN)/python scripts/bench_$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from env.gym_env import ENV_ID, EnvConfig, JigsawEnv
+from env.gym_env import DEFAULT_TRACES, ENV_ID, EnvConfig, JigsawEnv
 from env.perf import evaluate
 from env.plan import Plan
 from env.space import ACTION_NVEC, DecisionSpace, Levels
@@ -326,7 +326,7 @@ def train(settings: TrainSettings, out: Path, *, catalog_path: str | None = None
     final.save(str(out))
     version = f"{out.stem}@{time.strftime('%Y-%m-%dT%H:%M:%S')}"
     meta = {"format": FORMAT, "version": version, "catalog_fingerprint": catalog_fingerprint(catalog, config),
-            "env_config": {**config.to_dict(), "catalog": None, "part": "train"},
+            "env_config": _portable(config),
             "n_timesteps": int(model.num_timesteps), "seed": seed, "train_seconds": round(time.perf_counter() - start),
             "hyperparameters": {"policy": settings.policy, "n_envs": settings.n_envs, **settings.ppo_kwargs}}
     sidecar_path(out).write_text(json.dumps(meta, indent=1))
@@ -336,6 +336,15 @@ def train(settings: TrainSettings, out: Path, *, catalog_path: str | None = None
 
 
 _TAGS = ("cost_slices", "violation", "accuracy", "fallback_rate")
+
+
+def _portable(config: EnvConfig) -> dict[str, Any]:
+    """The sidecar's environment settings: the shipped default traces are left to the default (their absolute
+    paths name this checkout, and the policy must load from any other)."""
+    doc = {**config.to_dict(), "catalog": None, "part": "train"}
+    if [Path(t).resolve() for t in config.traces] == [Path(t).resolve() for t in DEFAULT_TRACES]:
+        del doc["traces"]
+    return doc
 
 
 def _best_eval(run_dir: Path) -> float:

@@ -16,8 +16,6 @@ the backend's daemons.
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
 import logging
 import math
 import signal
@@ -32,7 +30,7 @@ from agents.controller import Controller, Decision, Proposer
 from agents.ilp import SolverOptions
 from env.perf import compile_plan
 from env.plan import Plan
-from profiles.catalog import load_catalog
+from profiles.catalog import Catalog, load_catalog
 from profiles.errors import PlanError, ShimError
 from serving_shim import metrics
 from serving_shim.backends import make_backend
@@ -65,17 +63,19 @@ class DaemonConfig:
     solver: SolverOptions = field(default_factory=lambda: SolverOptions(time_limit_s=10.0))
 
 
-def load_policy(path: str) -> tuple[Proposer, str]:
-    """A trained policy as the controller's proposer, with its version. Needs ``agents.ppo``."""
-    if importlib.util.find_spec("agents.ppo") is None:
-        raise ShimError("policies arrive with the agents issue (agents/ppo.py does not exist yet)", file=path,
-                        field="--policy", fix="run without --policy: the ILP decides")
-    ppo = importlib.import_module("agents.ppo")
-    loader = getattr(ppo, "load_proposer", None)
-    if loader is None:
-        raise ShimError("agents.ppo has no load_proposer(path) -> (proposer, version)", file=path, field="--policy",
-                        fix="run without --policy: the ILP decides")
-    return loader(path)
+def load_policy(cfg: DaemonConfig, catalog: Catalog) -> tuple[Proposer, str]:
+    """The trained policy of ``cfg.policy`` as the controller's proposer, with its version; refused (one line)
+    when it was trained for other apps or another cluster than the daemon serves."""
+    from agents.ppo import load_policy as load  # torch and SB3 only when a policy is asked for
+
+    policy = load(cfg.policy, catalog)
+    trained = policy.env_config
+    if tuple(cfg.apps) != tuple(trained.apps) or cfg.gpus != trained.gpus or cfg.gpu_type != trained.gpu_type:
+        raise ShimError(f"the policy was trained for {','.join(trained.apps)} on {trained.gpus} x {trained.gpu_type}",
+                        file=cfg.policy, field="--app/--gpus/--gpu-type",
+                        fix=f"run with --app {','.join(trained.apps)} --gpus {trained.gpus} --gpu-type "
+                            f"{trained.gpu_type}, or without --policy (the ILP decides)")
+    return policy.proposer, policy.version
 
 
 class Daemon:
@@ -94,7 +94,7 @@ class Daemon:
         if not (cfg.interval_s > 0 and cfg.min_rps >= 0 and cfg.gpus >= 1):
             raise ShimError(f"interval {cfg.interval_s} s, min rate {cfg.min_rps} req/s, {cfg.gpus} GPUs",
                             field="--interval/--min-rps/--gpus", fix="interval > 0, min rate >= 0, GPUs >= 1")
-        proposer, version = load_policy(cfg.policy) if cfg.policy else (None, "")
+        proposer, version = load_policy(cfg, self.catalog) if cfg.policy else (None, "")
         self.controller = Controller(self.catalog, self.gpu.name, list(cfg.apps), cfg.gpus, proposer=proposer,
                                      policy_version=version, opts=cfg.solver)
         cfg.run_dir.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from agents.controller import Controller
-from agents.ppo import PolicyError, TrainSettings, load_policy, sidecar_path, train
+from agents.ppo import DEFAULT_POLICY, PolicyError, TrainSettings, load_policy, sidecar_path, train
+from env.gym_env import JigsawEnv
 from profiles.catalog import load_catalog
 from profiles.errors import ConfigError
 from scripts.cli import main
@@ -32,6 +33,7 @@ def test_trained_policy_loads_and_proposes(trained: Path) -> None:
     catalog = load_catalog()
     meta = json.loads(sidecar_path(trained).read_text())
     assert meta["env_config"]["gpus"] == 4 and meta["catalog_fingerprint"]
+    assert "traces" not in meta["env_config"]  # the default traces: no path of this checkout in the sidecar
     assert any((trained.parent / "tb").rglob("events.out.tfevents.*"))
     policy = load_policy(trained, catalog)
     ctl = Controller(catalog, "h100", list(policy.env_config.apps), 4, proposer=policy.proposer,
@@ -72,3 +74,19 @@ def test_bad_hyperparameters(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     bad.write_text("jigsaw/JigsawServe-v0: {not_a_ppo_argument: 1, n_timesteps: 10}\n")
     assert main(["train", "--hyperparams", str(bad), "--out", str(tmp_path / "p.zip"), "--no-progress",
                  "--logdir", str(tmp_path / "tb")]) == 2
+
+
+def test_the_shipped_policy_loads_and_decides_on_held_out_demand() -> None:
+    catalog = load_catalog()
+    policy = load_policy(DEFAULT_POLICY, catalog)
+    config = policy.env_config
+    assert (config.apps, config.gpus) == (("social_media", "traffic_analysis", "ar_assistant"), 4)
+    ctl = Controller(catalog, config.gpu_type, list(config.apps), config.gpus, proposer=policy.proposer,
+                     policy_version=policy.version)
+    demand = JigsawEnv(config.to_dict() | {"part": "held_out"}).interval_demand[0]
+    decisions = [ctl.decide(dict(zip(config.apps, rates.tolist(), strict=True))) for rates in demand[:8]]
+    assert all(d.plan is not None and d.source in ("policy", "ilp") for d in decisions)
+    assert all(d.policy_version == policy.version and np.isfinite(d.policy_slices) for d in decisions)
+    accepted = [d for d in decisions if d.source == "policy"]
+    assert accepted, [d.verdict for d in decisions]  # a trained policy's plans pass the safety check
+    assert all(d.policy_slices <= config.gpus * catalog.gpu("h100").compute_slices for d in accepted)
