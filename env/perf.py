@@ -310,6 +310,13 @@ def _read_only(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _repeated(x: np.ndarray, lead: tuple[int, ...]) -> np.ndarray:
+    """``x`` for every demand: a filled copy costs 0.6 us where ``np.broadcast_to`` costs 5 (small arrays)."""
+    out = np.empty(lead + x.shape, dtype=x.dtype)
+    out[...] = x
+    return out
+
+
 @functools.cache
 def fill_p95_arrivals(batch: int) -> float:
     """kappa_b: the p95 of a random item's wait for its batch of ``batch`` to fill, in mean inter-arrival
@@ -396,11 +403,10 @@ def evaluate(compiled: CompiledPlan, demand_rps: np.ndarray) -> Metrics:
     app_v = 1.0 - np.exp(log_ok @ c._path_in_app)
     violated = d * app_v
     total = d.sum(axis=-1)
-    if d.ndim == 1:  # one demand: the compiled read-only constants as they are (broadcast_to costs ~3 us each)
+    if d.ndim == 1:  # one demand: the compiled read-only constants as they are
         accuracy, slices, gpus = c._fixed_outputs
     else:
-        lead = d.shape[:-1]
-        accuracy, slices, gpus = (np.broadcast_to(x, lead + x.shape) for x in c._fixed_outputs)
+        accuracy, slices, gpus = (_repeated(x, d.shape[:-1]) for x in c._fixed_outputs)
     return Metrics(
         utilisation=rho, path_p95_ms=p95, path_violation=path_v, app_violation=app_v, app_violated_rps=violated,
         violation=violated.sum(axis=-1) / np.maximum(total, _TINY), path_accuracy=accuracy, slices_used=slices,

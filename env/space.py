@@ -185,7 +185,8 @@ class DecisionSpace:
         self._on_path = self.incidence > 0
         self._rows = np.arange(n)
         self.path_slo_ms = self.slo_task[self.incidence.argmax(axis=1)]
-        self._fanout_tasks = sorted({u for u, _, fan in self.edges if np.ptp(fan[:self.n_variants[u]]) > 0})
+        self._fanout_tasks = np.array(sorted({u for u, _, fan in self.edges if np.ptp(fan[:self.n_variants[u]]) > 0}),
+                                      dtype=np.int64)
         self.c_instance_slices = np.array([gpu.segments[s].mig_profile.compute_slices for s in self.c_segment], float)
         self._task_in_app = (self.task_app[:, None] == np.arange(len(self.apps))[None, :]).astype(float)
         self._path_in_app = (self.path_app[:, None] == np.arange(len(self.apps))[None, :]).astype(float)
@@ -229,13 +230,16 @@ class DecisionSpace:
         return self.slo_task * weight / heaviest
 
     def lookup(self, variant: np.ndarray, budget: np.ndarray) -> np.ndarray:
+        """The configuration of each task (last axis) for its variant at its budget; -1 where none fits."""
         q = np.minimum((budget / BUDGET_RESOLUTION_MS + 1e-9).astype(np.int64), self.best.shape[2] - 1)
-        return self.best[np.arange(self.n_tasks), variant, q]
+        return self.best[self._rows, variant, q]
 
     def items(self, variant: np.ndarray) -> np.ndarray:
-        f = self.sources.astype(float)
+        """Items per app request reaching each task (last axis), for variants [..., n_tasks]."""
+        f = np.zeros(variant.shape)
+        f[..., self.sources] = 1.0
         for u, v, fan in self.edges:
-            f[v] += f[u] * fan[variant[u]]
+            f[..., v] += f[..., u] * fan[variant[..., u]]
         return f
 
     def app_ok(self, variant: np.ndarray, config: np.ndarray) -> np.ndarray:
@@ -341,18 +345,19 @@ class DecisionSpace:
         free = self.total_slices - decoded.slices
         config = np.maximum(decoded.config, 0)
         cost = decoded.replicas * self.c_instance_slices[config]  # growth is charged whole instances
-        for col, k in ((0, 0), (2, 1)):
-            moved = np.maximum(self.lookup(nvc[:, k], budget), 0)
-            grow = self.replicas(moved, decoded.items, levels.provision, decoded.forecast_rps) \
-                * self.c_instance_slices[moved] - cost
-            for t in self._fanout_tasks:  # a fan-out source's variant also changes the items downstream
-                variant = v.copy()
-                variant[t] = nvc[t, k]
-                cfg = config.copy()
-                cfg[t] = moved[t]
-                grow[t] = (self.replicas(cfg, self.items(variant), levels.provision, decoded.forecast_rps)
-                           * self.c_instance_slices[cfg]).sum() - cost.sum()
-            out[:, col] &= grow <= free + 1e-9
+        moved = np.maximum(self.lookup(nvc.T, budget), 0)  # [2, n_tasks]: the step down, the step up
+        grow = self.replicas(moved, decoded.items, levels.provision, decoded.forecast_rps) \
+            * self.c_instance_slices[moved] - cost
+        if self._fanout_tasks.size:  # a fan-out source's variant also changes the items downstream: one row per
+            ft, m = self._fanout_tasks, self._fanout_tasks.size  # (step, fan-out task), the whole plan re-sized
+            rows_m, tt = np.arange(2 * m), np.concatenate([ft, ft])
+            variant, cfg = np.tile(v, (2 * m, 1)), np.tile(config, (2 * m, 1))
+            variant[rows_m, tt] = nvc[ft].T.ravel()
+            cfg[rows_m, tt] = moved[:, ft].ravel()
+            whole = (self.replicas(cfg, self.items(variant), levels.provision, decoded.forecast_rps)
+                     * self.c_instance_slices[cfg]).sum(axis=1) - cost.sum()
+            grow[:, ft] = whole.reshape(2, m)
+        out[:, [0, 2]] &= (grow <= free + 1e-9).T
         if self.fixed_budget is not None:
             out[:, [3, 5]] = False
         else:
