@@ -62,6 +62,10 @@ class IntervalResult:
     proposed: bool  # a proposer was asked
     decide_ms: float
 
+    @property
+    def violation_pct(self) -> float:
+        return 100.0 * self.violated / self.requests if self.requests else 0.0
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -173,8 +177,7 @@ def write_outputs(ev: Evaluation, logdir: Path) -> None:
     for name, rows in ev.results.items():
         writer = Writer(str(logdir / name))
         for r in rows:
-            for tag, value in zip(TAGS, (r.slices, 100.0 * r.violated / r.requests if r.requests else 0.0,
-                                         r.accuracy, r.decide_ms), strict=True):
+            for tag, value in zip(TAGS, (r.slices, r.violation_pct, r.accuracy, r.decide_ms), strict=True):
                 if math.isfinite(value):
                     writer.add_scalar(tag, value, r.step)
         writer.close()
@@ -205,7 +208,7 @@ def _plot(ev: Evaluation, path: Path) -> None:
         ax_d.step(steps, ev.demand_rps[:, j], where="mid", label=app)
     for name, rows in ev.results.items():
         ax_s.step(steps, [r.slices for r in rows], where="mid", label=name)
-        ax_v.step(steps, [100.0 * r.violated / r.requests if r.requests else 0.0 for r in rows], where="mid", label=name)
+        ax_v.step(steps, [r.violation_pct for r in rows], where="mid", label=name)
     for boundary in np.cumsum([s.end - s.start for s in ev.segments])[:-1]:
         for ax in (ax_d, ax_s, ax_v):
             ax.axvline(boundary - 0.5, color="grey", linestyle=":")

@@ -148,6 +148,16 @@ class Policy:
     def reset(self) -> None:
         self.levels = self.decoded = None
 
+    def check_serves(self, apps: tuple[str, ...], gpus: int, gpu_type: str, source: str) -> None:
+        """Refuse a cluster other than the one the policy was trained for (its observation and actions are
+        per task of those apps, its scaling per those GPUs)."""
+        trained = self.env_config
+        if (tuple(apps), gpus, gpu_type) != (tuple(trained.apps), trained.gpus, trained.gpu_type):
+            raise PolicyError(f"the policy was trained for {','.join(trained.apps)} on {trained.gpus} x "
+                              f"{trained.gpu_type}", file=source, field="--app/--gpus/--gpu-type",
+                              fix=f"run with --app {','.join(trained.apps)} --gpus {trained.gpus} --gpu-type "
+                                  f"{trained.gpu_type}, or leave them out where the command allows")
+
     def proposer(self, history: np.ndarray, forecast: Mapping[str, float], current: Plan | None) -> Plan:
         """The policy's plan for the next interval. It continues from its own last proposal (its levels),
         whether or not the controller applied it."""

@@ -129,7 +129,7 @@ class DecisionSpace:
         self.min_budget = np.full((n, v_max), np.inf)
         # a worker's share of a GPU in compute slices, or in memory slots where those are scarcer: H100 holds
         # seven 1g.10gb but only four 1g.20gb instances, so per compute slice the latter packs 1.75x worse
-        footprint = np.array([s.slices * max(1.0, s.mig_profile.width * gpu.compute_slices
+        gpu_share = np.array([s.slices * max(1.0, s.mig_profile.width * gpu.compute_slices
                                              / (gpu.memory_slots * s.mig_profile.compute_slices)) for s in gpu.segments])
         for a in self.apps:
             app = catalog.app(a)
@@ -159,7 +159,7 @@ class DecisionSpace:
                         cols[key].append(float(value))
                 ids = np.arange(start, len(cols["task"]))
                 need = opts.latency_allowance * np.array(cols["p95"])[ids]
-                per_slice = np.array(cols["thr"])[ids] / footprint[c.segment]
+                per_slice = np.array(cols["thr"])[ids] / gpu_share[c.segment]
                 for v in np.unique(c.variant):
                     mine = ids[c.variant == v]
                     order = np.lexsort((need[mine - start], -per_slice[mine - start]))  # best per slice first

@@ -18,7 +18,7 @@ from agents.capacity import PAPER_AST_OVER_AT, PAPER_RATIOS, ablation
 from agents.ilp import Features, SolveResult, SolverOptions, solve
 from env.traces import Trace, load_trace
 from profiles.catalog import Catalog, load_catalog
-from profiles.errors import ConfigError, JigsawError, SolverError, ensure_writable_dir
+from profiles.errors import JigsawError, SolverError, ensure_writable_dir
 from profiles.profile_plan import ProfileSettings, parse_colocation, parse_positive_ints, parse_shares
 from profiles.profiler import run_profile
 
@@ -224,8 +224,6 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from agents.ppo import DEFAULT_HYPERPARAMS, TrainSettings, train
 
     settings = TrainSettings.from_yaml(args.hyperparams or DEFAULT_HYPERPARAMS)
@@ -260,9 +258,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         policy = load_policy(args.policy, catalog)
         config = policy.env_config
-        if (args.app and tuple(_split(args.app, "app")) != config.apps) or (args.gpus and args.gpus != config.gpus):
-            raise ConfigError("the policy was trained for other apps or GPUs", file=args.policy, field="--app/--gpus",
-                              fix=f"leave them out: it serves {','.join(config.apps)} on {config.gpus} GPUs")
+        policy.check_serves(tuple(_split(args.app, "app")) if args.app else config.apps, args.gpus or config.gpus,
+                            config.gpu_type, args.policy)
     overrides = {k: v for k, v in (("apps", args.app), ("gpus", args.gpus), ("traces", args.trace)) if v is not None}
     config = EnvConfig.from_dict({**config.to_dict(), **overrides, "catalog": args.catalog, "part": "held_out",
                                   "mode": "sim"}, "command line")

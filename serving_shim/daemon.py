@@ -69,12 +69,7 @@ def load_policy(cfg: DaemonConfig, catalog: Catalog) -> tuple[Proposer, str]:
     from agents.ppo import load_policy as load  # torch and SB3 only when a policy is asked for
 
     policy = load(cfg.policy, catalog)
-    trained = policy.env_config
-    if tuple(cfg.apps) != tuple(trained.apps) or cfg.gpus != trained.gpus or cfg.gpu_type != trained.gpu_type:
-        raise ShimError(f"the policy was trained for {','.join(trained.apps)} on {trained.gpus} x {trained.gpu_type}",
-                        file=cfg.policy, field="--app/--gpus/--gpu-type",
-                        fix=f"run with --app {','.join(trained.apps)} --gpus {trained.gpus} --gpu-type "
-                            f"{trained.gpu_type}, or without --policy (the ILP decides)")
+    policy.check_serves(cfg.apps, cfg.gpus, cfg.gpu_type, cfg.policy)
     return policy.proposer, policy.version
 
 

@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from agents.baselines import build_systems
 from agents.evaluate import TAGS, evaluate_systems
 from agents.ilp import SolverOptions
+from agents.ppo import DEFAULT_POLICY
 from env.gym_env import DEFAULT_TRACES, EnvConfig
 from profiles.catalog import load_catalog
 from scripts.cli import main
@@ -81,6 +82,7 @@ def test_same_seed_same_figures() -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--policy", "missing.zip"], "no such policy file"),
+    (["--policy", str(DEFAULT_POLICY), "--gpus", "8"], "the policy was trained for"),
     (["--systems", "ilp,nonsense"], "unknown system(s) nonsense"),
     (["--systems", "policy"], "the policy systems need a policy"),
     (["--logdir", "/proc/no-such-dir/x"], "cannot write there"),
