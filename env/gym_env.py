@@ -142,6 +142,16 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
         self.action_space = gym.spaces.MultiDiscrete(np.tile(ACTION_NVEC, n))
         self.observation_space = gym.spaces.Box(0.0, OBS_HIGH, shape=(self.space.observation_size,), dtype=np.float32)
         self.interval_demand = [d.mean(axis=1) for d in self.demand]  # [n_intervals, n_apps] per trace
+        # per trace and interval t, what the step needs of the measured history (intervals t - HISTORY .. t - 1):
+        # the forecast, the observation's demand features, and each bin's share of the interval's requests
+        windows = [np.lib.stride_tricks.sliding_window_view(d, HISTORY, axis=0).swapaxes(1, 2)
+                   for d in self.interval_demand]  # [n_intervals - HISTORY + 1, HISTORY, n_apps]
+        self._forecasts = [_from_history(forecast_rps(w)) for w in windows]
+        self._demand_features = [_from_history(self.space.demand_features(w)) for w in windows]
+        # a trace whose bins are as long as the interval is judged on one demand, not a batch of one (a third
+        # cheaper in env.perf): its steps see [n_apps] demands and the bin share 1
+        self._step_demand = [d[:, 0] if d.shape[1] == 1 else d for d in self.demand]
+        self._bin_share = [_shares(d.sum(axis=2)) for d in self.demand]
         self._trace = self._t = self._end = 0
         self._levels = self.space.initial()
         self._decoded = self.space.decode(self._levels, np.zeros(n_apps))
@@ -200,14 +210,12 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
         previous = self._decoded
         self._levels, self._decoded, repairs = space.step(self._levels, action, self._forecast())
         d = self._decoded
-        demand = self.demand[self._trace][self._t]  # [samples, n_apps]
-        if cfg.mode == "perf":
-            metrics = evaluate(space.compiled(d), demand)  # one row per trace bin of the interval
-            weights = demand.sum(axis=1)
-            violation = float(metrics.violation @ weights / weights.sum()) if weights.sum() > 0 else 0.0
+        if cfg.mode == "perf":  # one row per trace bin of the interval
+            metrics = evaluate(space.compiled(d), self._step_demand[self._trace][self._t])
+            violation = float(np.dot(metrics.violation, self._bin_share[self._trace][self._t]))
             unsafe = bool((metrics.path_p95_ms > space.path_slo_ms).any()
                           or (metrics.utilisation > 1.0 / space.opts.headroom).any())
-            self._metrics = _last(metrics)
+            self._metrics = _last(metrics) if metrics.violation.ndim else metrics
         else:
             metrics = None
             start = float(self.traces[self._trace].times_s[0]) + self._t * cfg.interval_s
@@ -216,15 +224,13 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
                                            seed=cfg.seed_offset + int(self.np_random.integers(2**31)))
             violation = float(self._metrics.violation)
             unsafe = bool((self._metrics.path_p95_ms > space.path_slo_ms).any())
-        worst = np.full(len(cfg.apps), np.inf)
-        np.minimum.at(worst, space.path_app, self._metrics.path_accuracy)
-        shortfall = float((np.maximum(0.0, space.acc_slo - worst) / space.acc_slo).sum()) / len(cfg.apps)
-        repartitions = int(np.abs(np.subtract(d.counts, previous.counts)).sum())
+        shortfall = float((np.maximum(0.0, space.acc_slo - space.worst_accuracy(self._metrics.path_accuracy))
+                           / space.acc_slo).sum()) / len(cfg.apps)
+        repartitions = sum(abs(a - b) for a, b in zip(d.counts, previous.counts, strict=True))
         reward = (-d.slices / space.total_slices - cfg.violation_weight * violation
                   - cfg.accuracy_weight * shortfall - cfg.repartition_weight * repartitions / cfg.gpus)
         full = metrics or self._metrics
-        info = {"metrics": {f.name: getattr(full, f.name) for f in fields(full)}, "violation": violation,
-                "slices": d.slices, "gpus": d.gpus,
+        info = {"metrics": dict(vars(full)), "violation": violation, "slices": d.slices, "gpus": d.gpus,
                 "accuracy": float(self._metrics.path_accuracy.sum()) / len(space.path_app), "accuracy_shortfall": shortfall,
                 "repartitions": repartitions, "repairs": repairs, "unsafe": unsafe, "overloaded": d.overloaded,
                 "demand_rps": self.interval_demand[self._trace][self._t]}
@@ -237,19 +243,32 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
 
     # ---- internals
 
-    def _history(self) -> np.ndarray:
-        return self.interval_demand[self._trace][self._t - HISTORY:self._t]
-
     def _forecast(self) -> np.ndarray:
-        return forecast_rps(self._history())
+        return self._forecasts[self._trace][self._t]
 
     def _observation(self) -> np.ndarray:
-        return self.space.observation(self._levels, self._decoded, self._metrics, self._history(), self.space.capacity_rps)
+        return self.space.observation(self._levels, self._decoded, self._metrics,
+                                      self._demand_features[self._trace][self._t])
+
+
+def _from_history(per_window: np.ndarray) -> np.ndarray:
+    """Per-window values (window w: intervals w .. w + HISTORY - 1) indexed by the interval after the window,
+    up to one past the last (where an episode's final observation is made); the first HISTORY intervals,
+    which have no full history, are never stepped from (zeros)."""
+    return np.concatenate([np.zeros((HISTORY, *per_window.shape[1:])), per_window])
+
+
+def _shares(requests: np.ndarray) -> np.ndarray:
+    """Each bin's share of its interval's requests ([n_intervals, bins]; one bin: [n_intervals] of 1)."""
+    if requests.shape[1] == 1:
+        return np.ones(len(requests))
+    total = requests.sum(axis=1, keepdims=True)
+    return requests / np.where(total > 0, total, 1.0)
 
 
 def _last(metrics: Any) -> Any:
     """Per-sample metrics reduced to the interval's last sample (what the observation shows)."""
-    return type(metrics)(**{f.name: getattr(metrics, f.name)[-1] for f in fields(metrics)})
+    return type(metrics)(**{name: value[-1] for name, value in vars(metrics).items()})
 
 
 if ENV_ID not in gym.registry:

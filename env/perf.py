@@ -127,9 +127,10 @@ class CompiledPlan:
     _ancestors: np.ndarray  # [n_tasks, n_tasks]: x @ it = per task the sum of x over its ancestors
     _source: np.ndarray  # 1 where the task has no parent
     _task_slo_ms: np.ndarray  # the latency SLO of the task's app
+    _app_task: np.ndarray  # [n_apps, n_tasks] 1 where the task is the app's
     _sink: np.ndarray  # [n_paths] the task that ends the path
     # per configuration:
-    _lam_scale: np.ndarray  # F_t / n_t: per-replica items/s per app req/s
+    _lam_matrix: np.ndarray  # [n_apps, n_tasks] demand @ it = items/s reaching one replica (F_t / n_t in t's app row)
     _inv_thr: np.ndarray  # 1 / thr_t
     _fill_ms_rps: np.ndarray  # 1000 kappa_b
     _timeout_ms: np.ndarray  # tau_t
@@ -142,6 +143,7 @@ class CompiledPlan:
     _coef: np.ndarray  # 2 / (k E[S]): g = coef (1 - rho), c = coef rho
     _over_ms: np.ndarray  # o_t = k E[S] / 2
     _slack_ms: np.ndarray  # SLO - rem_t
+    _slo_tail_ms: np.ndarray  # SLO + m_t
     _p95_cap_ms: np.ndarray  # [n_paths] SLO + p95 - d of the path's last task
     _fixed_outputs: tuple[np.ndarray, np.ndarray, np.ndarray]  # read-only path accuracy, slices, GPUs
 
@@ -256,6 +258,7 @@ def compile_plan(catalog: Catalog, plan: Plan) -> CompiledPlan:
         _on_path=on_path, _downstream=np.ascontiguousarray(downstream.reshape(n_tasks * n_paths, n_tasks).T),
         _ancestors=ancestors, _source=np.array([float(k not in parents) for k in task_keys]),
         _task_slo_ms=np.array([catalog.apps[a].latency_slo_ms for a, _ in task_keys]),
+        _app_task=(arr["app"][None, :] == np.arange(len(app_names))[:, None]).astype(float),
         _sink=np.array([index[(a, p[-1])] for a, p in path_keys], dtype=np.intp),
         **{f.name: None for f in fields(CompiledPlan) if f.name in _PER_PLAN})  # type: ignore[arg-type]
     return with_configs(structure, p50_ms=arr["p50"], p95_ms=arr["p95"], throughput_rps=arr["thr"],
@@ -265,36 +268,50 @@ def compile_plan(catalog: Catalog, plan: Plan) -> CompiledPlan:
 
 # the fields with_configs derives; the rest is the plan's structure (apps, tasks, paths), fixed per app set
 _PER_PLAN = frozenset({"p50_ms", "p95_ms", "throughput_rps", "replicas", "batch", "budget_ms", "items_per_request",
-                       "accuracy", "path_accuracy", "slices_used", "gpus_used", "_lam_scale", "_inv_thr",
+                       "accuracy", "path_accuracy", "slices_used", "gpus_used", "_lam_matrix", "_inv_thr",
                        "_fill_ms_rps", "_timeout_ms", "_lam_cap", "_mean_ms", "_fixed_ms", "_tail_ms", "_inv_tail",
-                       "_tail_flag", "_coef", "_over_ms", "_slack_ms", "_p95_cap_ms", "_fixed_outputs"})
+                       "_tail_flag", "_coef", "_over_ms", "_slack_ms", "_slo_tail_ms", "_p95_cap_ms", "_fixed_outputs"})
+
+
+def service_rows(p95_ms: np.ndarray, throughput_rps: np.ndarray, batch: np.ndarray) -> np.ndarray:
+    """What ``evaluate`` needs of each configuration that follows from its profile alone, stacked [10, ...]:
+    E[S], m, d, 1 / thr, the fill's load cap, 1000 kappa_b, 1 / m, 1 where m > 0, cs2, 1 / b (the module
+    docstring's symbols). The RL environment computes them once per candidate configuration; its steps gather
+    a plan's columns in one indexing."""
+    mu = 1000.0 * batch / throughput_rps
+    tail = np.maximum(0.0, p95_ms - mu) / (math.log(1.0 / _TAIL) - 1.0)
+    fill = np.array([fill_p95_arrivals(int(b)) for b in np.ravel(batch)]).reshape(np.shape(batch))
+    return np.stack(np.broadcast_arrays(
+        mu, tail, np.maximum(0.0, mu - tail), 1.0 / throughput_rps, RHO_MAX * throughput_rps, 1000.0 * fill,
+        1.0 / np.maximum(tail, _TINY), (tail > 0).astype(float), (tail / mu) ** 2, 1.0 / batch)).astype(float)
+
 
 
 def with_configs(structure: CompiledPlan, *, p50_ms: np.ndarray, p95_ms: np.ndarray, throughput_rps: np.ndarray,
                  replicas: np.ndarray, batch: np.ndarray, budget_ms: np.ndarray, items_per_request: np.ndarray,
-                 accuracy: np.ndarray, slices_used: float, gpus_used: int) -> CompiledPlan:
+                 accuracy: np.ndarray, slices_used: float, gpus_used: int, service: np.ndarray | None = None
+                 ) -> CompiledPlan:
     """``structure``'s apps, tasks and paths with new per-task configurations (arrays in task order), without
-    resolving a ``Plan``: the RL environment's per-step path (``compile_plan`` resolves names and loops)."""
+    resolving a ``Plan``: the RL environment's per-step path (``compile_plan`` resolves names and loops).
+    ``service``: these configurations' ``service_rows`` when the caller has them precomputed."""
     s = structure
-    mu = 1000.0 * batch / throughput_rps
-    tail = np.maximum(0.0, p95_ms - mu) / (math.log(1.0 / _TAIL) - 1.0)
-    fixed = np.maximum(0.0, mu - tail)
-    ca2 = 1.0 / (batch * np.where(s._source > 0, replicas, 1))
-    rem = _longest_through(fixed @ s._downstream, s._on_path)
-    coef = 2.0 / ((ca2 + (tail / mu) ** 2) * mu)  # 2 / (k E[S])
-    path_acc = np.exp(s._inc_t.T @ np.log(accuracy))
+    if service is None:
+        service = service_rows(p95_ms, throughput_rps, batch)
+    mu, tail, fixed, inv_thr, lam_cap, fill_ms_rps, inv_tail, tail_flag, cs2, inv_batch = service
+    ca2 = inv_batch / (1.0 + (replicas - 1.0) * s._source)
+    coef = 2.0 / ((ca2 + cs2) * mu)  # 2 / (k E[S])
+    path_acc = np.exp(np.log(accuracy) @ s._inc_t)
     out = object.__new__(CompiledPlan)  # dataclasses.replace costs ~10 us on this many fields; the hot path
     out.__dict__.update(s.__dict__)
     out.__dict__.update(
         p50_ms=p50_ms, p95_ms=p95_ms, throughput_rps=throughput_rps, replicas=replicas, batch=batch,
         budget_ms=budget_ms, items_per_request=items_per_request, accuracy=accuracy, path_accuracy=path_acc,
         slices_used=slices_used, gpus_used=gpus_used,
-        _lam_scale=items_per_request / replicas, _inv_thr=1.0 / throughput_rps, _lam_cap=RHO_MAX * throughput_rps,
-        _fill_ms_rps=1000.0 * np.array([fill_p95_arrivals(int(x)) for x in batch]),
-        _timeout_ms=BATCH_TIMEOUT_SHARE * np.maximum(0.0, budget_ms - p95_ms),
-        _mean_ms=mu, _fixed_ms=fixed, _tail_ms=tail, _inv_tail=1.0 / np.maximum(tail, _TINY),
-        _tail_flag=(tail > 0).astype(float),
-        _coef=coef, _over_ms=1.0 / coef, _slack_ms=s._task_slo_ms - rem,
+        _lam_matrix=s._app_task * (items_per_request / replicas), _inv_thr=inv_thr, _lam_cap=lam_cap,
+        _fill_ms_rps=fill_ms_rps, _timeout_ms=BATCH_TIMEOUT_SHARE * np.maximum(0.0, budget_ms - p95_ms),
+        _mean_ms=mu, _fixed_ms=fixed, _tail_ms=tail, _inv_tail=inv_tail, _tail_flag=tail_flag,
+        _coef=coef, _over_ms=1.0 / coef, _slo_tail_ms=s._task_slo_ms + tail,
+        _slack_ms=s._task_slo_ms - _longest_through(fixed @ s._downstream, s._on_path),
         _p95_cap_ms=s.latency_slo_ms + (p95_ms - fixed)[s._sink],
         _fixed_outputs=(_read_only(path_acc), _read_only(np.array(slices_used)), _read_only(np.array(gpus_used))))
     return out
@@ -302,7 +319,7 @@ def with_configs(structure: CompiledPlan, *, p50_ms: np.ndarray, p95_ms: np.ndar
 
 def _longest_through(per_pair: np.ndarray, on_path: np.ndarray) -> np.ndarray:
     """Per task, the largest of ``per_pair`` ([..., n_tasks * n_paths], task-major) over the paths it is on."""
-    return np.max(per_pair.reshape(per_pair.shape[:-1] + on_path.shape) + on_path, axis=-1)
+    return (per_pair.reshape(per_pair.shape[:-1] + on_path.shape) + on_path).max(axis=-1)
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
@@ -371,35 +388,41 @@ def evaluate(compiled: CompiledPlan, demand_rps: np.ndarray) -> Metrics:
     d = np.asarray(demand_rps, dtype=float)
     if d.shape[-1:] != (len(c.app_names),):
         raise ValueError(f"demand_rps has shape {d.shape}; the last axis must be the {len(c.app_names)} apps")
-    lam_r = d[..., c.task_app] * c._lam_scale  # items/s reaching one replica
+    lam_r = d @ c._lam_matrix  # items/s reaching one replica
     rho = lam_r * c._inv_thr
     fill_p95 = np.minimum(c._fill_ms_rps / np.maximum(np.minimum(lam_r, c._lam_cap), _TINY), c._timeout_ms)
     patience = np.maximum(c._slack_ms - (fill_p95 + c._mean_ms) @ c._ancestors, _TINY)
     g = c._coef * (_ONE_UP - rho)  # never 0 at rho = 1 exactly (the closed forms' removable singularity)
     cw = c._coef * rho
-    x = np.maximum(g * patience, -_EXP_MAX)
-    e_p = np.exp(-x)
-    em = -np.expm1(-x)
+    c_g = cw / g
+    neg_x = np.minimum(g * -patience, _EXP_MAX)  # -g P
+    e_p = np.exp(neg_x)
+    em = -np.expm1(neg_x)
     over = cw * e_p * c._over_ms  # mass of the dropped
-    body = cw * em / g  # mass of the waits in (0, P)
-    z = 1.0 + body + over
-    served = z - over
-    wait = cw * (em - x * e_p) / (g * g * served)
-    fill = fill_p95 * (1.0 - (cw * (np.exp(np.minimum(-0.5 * g * fill_p95, _EXP_MAX)) - e_p) / g + over) / z)
+    body = c_g * em  # mass of the waits in (0, P)
+    inv_z = 1.0 / (1.0 + body + over)
+    served = 1.0 + body
+    wait = c_g * (em + neg_x * e_p) / (g * served)
+    fill = fill_p95 * (1.0 - (c_g * (np.exp(np.minimum(-0.5 * g * fill_p95, _EXP_MAX)) - e_p) + over) * inv_z)
     mean_t = fill + c._mean_ms + wait
-    through = np.max((mean_t @ c._inc_t)[..., None, :] + c._on_path, axis=-1)
-    q = np.minimum(np.maximum(c._task_slo_ms - through + wait + c._tail_ms, 0.0), patience)
+    through = ((mean_t @ c._inc_t)[..., None, :] + c._on_path).max(axis=-1)
+    q = np.minimum(np.maximum(c._slo_tail_ms - through + wait, 0.0), patience)
     e_q = np.exp(np.minimum(-g * q, _EXP_MAX))
     e_t = np.exp(-q * c._inv_tail)
     a = c._inv_tail - g
     a[a == 0.0] = _TINY  # the removable singularity g = 1 / m (then e_q = e_t)
-    fail = np.minimum((cw * ((e_q - e_p) / g + (e_q - e_t) / a) + over + e_t) / z, 1.0)
-    log_ok = np.log(np.maximum(1.0 - fail, _TINY)) @ c._inc_t  # log P(a path is on time)
+    fail = np.minimum((c_g * (e_q - e_p) + cw * (e_q - e_t) / a + over + e_t) * inv_z, 1.0)
+    # per task, then summed along each path in one product: the fixed delay, the spread (waits and service
+    # tails), log P(on time) and log P(no wait or tail)
+    per_task = np.empty((4, *rho.shape))
+    per_task[0] = fill + c._fixed_ms
+    per_task[1] = wait + c._tail_ms
+    per_task[2] = np.log(np.maximum(1.0 - fail, _TINY))
+    per_task[3] = np.log(np.maximum(1.0 - np.maximum(body / served, c._tail_flag), _TINY))
+    fixed_p, spread_p, log_ok, log_calm = per_task @ c._inc_t
     path_v = 1.0 - np.exp(log_ok)
-    pi_p = np.maximum(1.0 - np.exp(np.log(np.maximum(1.0 - np.maximum(body / served, c._tail_flag), _TINY))
-                                   @ c._inc_t), _TAIL)  # at least 5%: then theta's log factor below is 0
-    p95 = np.minimum((fill + c._fixed_ms) @ c._inc_t
-                     + ((wait + c._tail_ms) @ c._inc_t) * np.log(pi_p * (1.0 / _TAIL)) / pi_p, c._p95_cap_ms)
+    pi_p = np.maximum(1.0 - np.exp(log_calm), _TAIL)  # at least 5%: then theta's log factor below is 0
+    p95 = np.minimum(fixed_p + spread_p * np.log(pi_p * (1.0 / _TAIL)) / pi_p, c._p95_cap_ms)
     app_v = 1.0 - np.exp(log_ok @ c._path_in_app)
     violated = d * app_v
     total = d.sum(axis=-1)

@@ -40,7 +40,7 @@ import numpy as np
 
 from agents.ilp import Features, SolverOptions, candidates
 from env.packing import Packer
-from env.perf import CompiledPlan, compile_plan, with_configs
+from env.perf import CompiledPlan, compile_plan, service_rows, with_configs
 from env.plan import Plan, TaskConfig
 from profiles.catalog import Catalog
 from profiles.errors import SolverError
@@ -55,9 +55,9 @@ SQUEEZE_STEP, SQUEEZE_TRIES = 0.95, 40  # an overloaded plan shrinks 5 % at a ti
 
 
 def forecast_rps(history: np.ndarray) -> np.ndarray:
-    """Next interval's req/s per app from ``history`` ([HISTORY, n_apps], oldest first): the last rate, or
+    """Next interval's req/s per app from ``history`` ([..., HISTORY, n_apps], oldest first): the last rate, or
     its linear extrapolation when demand is rising (falling demand is followed one interval late: safe)."""
-    last, before = history[-1], history[-2]
+    last, before = history[..., -1, :], history[..., -2, :]
     return np.maximum(last, 2.0 * last - before)
 
 
@@ -173,13 +173,14 @@ class DecisionSpace:
         self.c_batch, self.c_p50, self.c_p95 = arr["batch"].astype(np.int64), arr["p50"], arr["p95"]
         self.c_thr, self.c_slices = arr["thr"], arr["slices"]
         self.c_task = arr["task"].astype(np.int64)
+        self.c_service = service_rows(self.c_p95, self.c_thr, self.c_batch)
+        self._c_inv_thr = 1.0 / self.c_thr
         self.seg_profile = np.array([gpu.profile_index(s.mig_profile.name) for s in gpu.segments])
         self.seg_workers = np.array([s.mps_workers for s in gpu.segments], dtype=float)
         self.profile_slices = np.array([p.compute_slices for p in gpu.mig_profiles], dtype=float)
         self.seg_profile_matrix = (self.seg_profile[:, None] == np.arange(len(gpu.mig_profiles))[None, :]).astype(float)
         self.total_slices = float(gpus * gpu.compute_slices)
         self.packer = Packer(gpu)
-        self._max_batch_log = math.log2(max(self.c_batch.max(), 2))
         self.log_accuracy = np.log(self.accuracy)
         self.log_acc_slo = np.log(self.acc_slo[self.path_app])
         self._on_path = self.incidence > 0
@@ -198,6 +199,42 @@ class DecisionSpace:
         self._provision_steps = np.array([-2, -1, 1, 2])
         self._capacity_factor = PROVISION_LEVELS * opts.headroom  # the lowest level is the controller's headroom
         self._structure: CompiledPlan | None = None
+        # items(): per edge its fan-out by the parent's variant (a last row of ones pads), and every chain of edges
+        # from a source down to a task (padded with that row): F_t is a gather, a product per chain, and the sum
+        # of the task's chains (several where paths join)
+        self._edge_fan = np.vstack([*(fan for _, _, fan in self.edges), np.ones(v_max)])
+        self._edge_parent = np.array([u for u, _, _ in self.edges] + [0], dtype=np.int64)
+        self._rows_edges = np.arange(len(self.edges) + 1)
+        chains: list[list[list[int]]] = [[[]] if self.sources[t] else [] for t in range(n)]
+        for e, (u, v, _) in enumerate(self.edges):  # topological order: the parent's chains are complete
+            chains[v] += [[*c, e] for c in chains[u]]
+        flat = [(t, c) for t in range(n) for c in chains[t]]
+        depth = max(len(c) for _, c in flat)
+        self._chain = np.array([c + [len(self.edges)] * (depth - len(c)) for _, c in flat], dtype=np.int64
+                               ).reshape(len(flat), depth)
+        self._chain_task = (np.array([t for t, _ in flat])[:, None] == self._rows[None, :]).astype(float)
+        # masks(): per (task, variant) the variants one step down and up (clipped) and whether they exist
+        ladder = np.arange(v_max)[None, :, None] + self._variant_steps[None, None, :]
+        self._neighbour = np.minimum(np.maximum(ladder, 0), (self.n_variants - 1)[:, None, None])  # [n, v_max, 2]
+        has_neighbour = (ladder >= 0) & (ladder < self.n_variants[:, None, None])
+        at = self._rows[:, None, None], self._neighbour  # [n, v_max, 2]: per (task, variant) its neighbours'...
+        self._neighbour_min_budget = np.where(has_neighbour, self.min_budget[at], np.inf)  # (inf: none)
+        self._neighbour_accuracy_drop = self.log_accuracy[:, :, None] - self.log_accuracy[at]  # log-accuracy lost
+        self._neighbour_best = self.best[at].transpose(0, 1, 3, 2)  # configuration by budget: [n, v_max, grid, 2]
+        self._off_path = np.where(self._on_path, 0.0, np.inf)  # [n_paths, n_tasks]: + then min = min over paths
+        self._mask_template = np.ones((n, 11), dtype=bool)
+        self._co_path_f = self.co_path.astype(float)
+        level = np.arange(len(PROVISION_LEVELS))[:, None] + self._provision_steps[None, :]
+        clipped = np.minimum(np.maximum(level, 0), len(PROVISION_LEVELS) - 1)
+        self._provision_ok = level == clipped  # [levels, 4] the step stays on the levels
+        self._provision_ratio = PROVISION_LEVELS[clipped] / PROVISION_LEVELS[:, None] - 1.0  # replicas' growth
+        self._provision_down = self._provision_steps < 0
+        self._fanout_rows = np.arange(2 * self._fanout_tasks.size)
+        self._fanout_cols = np.concatenate([self._fanout_tasks, self._fanout_tasks])
+        self._app_off_path = np.where(self._path_in_app.T > 0, 0.0, np.inf)  # [n_apps, n_paths]
+        self._inv_top_variant = 1.0 / np.maximum(self.n_variants - 1, 1)
+        self._c_obs = np.stack([self.c_slices / gpu.compute_slices,
+                                np.log2(self.c_batch) / math.log2(max(self.c_batch.max(), 2))])  # per configuration
 
     @property
     def n_tasks(self) -> int:
@@ -231,16 +268,16 @@ class DecisionSpace:
 
     def lookup(self, variant: np.ndarray, budget: np.ndarray) -> np.ndarray:
         """The configuration of each task (last axis) for its variant at its budget; -1 where none fits."""
-        q = np.minimum((budget / BUDGET_RESOLUTION_MS + 1e-9).astype(np.int64), self.best.shape[2] - 1)
-        return self.best[self._rows, variant, q]
+        return self.best[self._rows, variant, self._budget_cell(budget)]
+
+    def _budget_cell(self, budget: np.ndarray) -> np.ndarray:
+        """The budget grid cell (last axis of ``best``) a budget falls in: floored to BUDGET_RESOLUTION_MS."""
+        return np.minimum((budget * (1.0 / BUDGET_RESOLUTION_MS) + 1e-9).astype(np.int64), self.best.shape[2] - 1)
 
     def items(self, variant: np.ndarray) -> np.ndarray:
         """Items per app request reaching each task (last axis), for variants [..., n_tasks]."""
-        f = np.zeros(variant.shape)
-        f[..., self.sources] = 1.0
-        for u, v, fan in self.edges:
-            f[..., v] += f[..., u] * fan[variant[..., u]]
-        return f
+        fan = self._edge_fan[self._rows_edges, variant[..., self._edge_parent]]
+        return fan[..., self._chain].prod(axis=-1) @ self._chain_task
 
     def app_ok(self, variant: np.ndarray, config: np.ndarray) -> np.ndarray:
         path_low = self.incidence @ self.log_accuracy[self._rows, variant] < self.log_acc_slo - 1e-9
@@ -254,19 +291,19 @@ class DecisionSpace:
 
     def replicas(self, config: np.ndarray, items: np.ndarray, provision: np.ndarray,
                  forecast_rps: np.ndarray) -> np.ndarray:
-        need = forecast_rps[self.task_app] * items * self._capacity_factor[provision] / self.c_thr[config]
+        need = forecast_rps[self.task_app] * items * self._capacity_factor[provision] * self._c_inv_thr[config]
         return np.maximum(1, np.ceil(need - 1e-9)).astype(np.int64)
 
     def decode(self, levels: Levels, forecast_rps: np.ndarray) -> Decoded:
         """The configuration ``levels`` imply at ``forecast_rps`` (req/s per app), unrepaired."""
         budget = self.budgets(levels.weight)
         config = self.lookup(levels.variant, budget)
-        ok = self.app_ok(levels.variant, config)
         items = self.items(levels.variant)
-        safe = np.where(config >= 0, config, 0)  # footprint of unconfigured tasks is meaningless but harmless
-        return self.resize(Decoded(config, budget, items, np.ones(self.n_tasks, np.int64), (), 0.0, 0, ok, False,
-                                   forecast_rps),
-                           safe, levels.provision, forecast_rps)
+        safe = np.maximum(config, 0)  # the footprint of unconfigured tasks is meaningless but harmless
+        replicas = self.replicas(safe, items, levels.provision, forecast_rps)
+        counts, slices, gpus = self.footprint(safe, replicas)
+        return Decoded(config, budget, items, replicas, counts, slices, gpus, self.app_ok(levels.variant, config),
+                       False, forecast_rps)
 
     def resize(self, d: Decoded, config: np.ndarray, provision: np.ndarray, forecast_rps: np.ndarray) -> Decoded:
         """``d`` with replicas and footprint for ``provision`` (the configuration itself unchanged)."""
@@ -279,11 +316,11 @@ class DecisionSpace:
     def step(self, levels: Levels, action: np.ndarray, forecast_rps: np.ndarray) -> tuple[Levels, Decoded, int]:
         """Apply ``action`` ([n_tasks, 3] or flat, MultiDiscrete ACTION_NVEC per task) to ``levels``: the new
         levels, what they decode to (repaired as the module docstring says), and how many repairs it took."""
-        a = np.asarray(action, dtype=np.int64).reshape(self.n_tasks, 3)
+        a = np.asarray(action, dtype=np.int64).reshape(self.n_tasks, 3) - self._step_zero
         lo, hi = self._level_low, self._level_high
-        moved = np.minimum(np.maximum(np.stack([levels.variant, levels.weight, levels.provision], axis=1) + a
-                                      - self._step_zero, lo), hi)
-        proposed = Levels(moved[:, 0], moved[:, 1], moved[:, 2])
+        proposed = Levels(np.minimum(np.maximum(levels.variant + a[:, 0], 0), hi[:, 0]),
+                          np.minimum(np.maximum(levels.weight + a[:, 1], lo[1]), hi[:, 1]),
+                          np.minimum(np.maximum(levels.provision + a[:, 2], 0), hi[:, 2]))
         return self.repair(levels, proposed, forecast_rps)
 
     def repair(self, previous: Levels, proposed: Levels, forecast_rps: np.ndarray) -> tuple[Levels, Decoded, int]:
@@ -332,47 +369,42 @@ class DecisionSpace:
         step off the ladder, to a variant with no configuration at the current budget or under the accuracy
         SLO; a budget step off 1..BUDGET_LEVELS, leaving this task or another on its paths with no
         configuration; a provisioning step off the levels or one whose extra slices exceed the free ones."""
-        rows = self._rows[:, None]
-        out = np.ones((self.n_tasks, 11), dtype=bool)
+        rows = self._rows
+        out = self._mask_template.copy()
         v, w, budget = levels.variant, levels.weight, decoded.budget_ms
-        log_acc = self.log_accuracy[self._rows, v]
         # how far each task's accuracy may drop: the tightest path through it stays at the SLO
-        room = np.where(self._on_path, (self.incidence @ log_acc - self.log_acc_slo)[:, None], np.inf).min(axis=0)
-        nv = v[:, None] + self._variant_steps
-        nvc = np.minimum(np.maximum(nv, 0), self.n_variants[:, None] - 1)
-        out[:, [0, 2]] = ((nv == nvc) & (self.min_budget[rows, nvc] <= budget[:, None] + 1e-9)
-                          & (self.log_accuracy[rows, nvc] - log_acc[:, None] >= -room[:, None] - 1e-9))
+        room = ((self.incidence @ self.log_accuracy[rows, v] - self.log_acc_slo)[:, None] + self._off_path).min(axis=0)
+        variant_ok = ((self._neighbour_min_budget[rows, v] <= (budget + 1e-9)[:, None])
+                      & (self._neighbour_accuracy_drop[rows, v] <= (room + 1e-9)[:, None]))
+        moved = np.maximum(self._neighbour_best[rows, v, self._budget_cell(budget)].T, 0)  # [2, n_tasks]
         free = self.total_slices - decoded.slices
         config = np.maximum(decoded.config, 0)
-        cost = decoded.replicas * self.c_instance_slices[config]  # growth is charged whole instances
-        moved = np.maximum(self.lookup(nvc.T, budget), 0)  # [2, n_tasks]: the step down, the step up
+        per_replica = self.c_instance_slices[config]
+        cost = decoded.replicas * per_replica  # growth is charged whole instances
         grow = self.replicas(moved, decoded.items, levels.provision, decoded.forecast_rps) \
             * self.c_instance_slices[moved] - cost
         if self._fanout_tasks.size:  # a fan-out source's variant also changes the items downstream: one row per
-            ft, m = self._fanout_tasks, self._fanout_tasks.size  # (step, fan-out task), the whole plan re-sized
-            rows_m, tt = np.arange(2 * m), np.concatenate([ft, ft])
-            variant, cfg = np.tile(v, (2 * m, 1)), np.tile(config, (2 * m, 1))
-            variant[rows_m, tt] = nvc[ft].T.ravel()
-            cfg[rows_m, tt] = moved[:, ft].ravel()
+            ft, r, c = self._fanout_tasks, self._fanout_rows, self._fanout_cols  # (step, fan-out task), re-sized
+            variant, cfg = v[None, :].repeat(r.size, axis=0), config[None, :].repeat(r.size, axis=0)
+            variant[r, c] = self._neighbour[ft, v[ft]].T.ravel()
+            cfg[r, c] = moved[:, ft].ravel()
             whole = (self.replicas(cfg, self.items(variant), levels.provision, decoded.forecast_rps)
                      * self.c_instance_slices[cfg]).sum(axis=1) - cost.sum()
-            grow[:, ft] = whole.reshape(2, m)
-        out[:, [0, 2]] &= (grow <= free + 1e-9).T
+            grow[:, ft] = whole.reshape(2, ft.size)
+        out[:, 0:3:2] = variant_ok & (grow <= free + 1e-9).T
         if self.fixed_budget is not None:
-            out[:, [3, 5]] = False
+            out[:, 3:6:2] = False
         else:
-            heaviest = (self.incidence * (self.incidence @ w)[:, None]).max(axis=0)
-            need = self.min_budget[self._rows, v] - 1e-9
+            heaviest = np.rint(self.slo_task * w / budget)  # the integer weight sum budgets() divided by
+            need = self.min_budget[rows, v] - 1e-9
             out[:, 3] = (w > 1) & (need <= self.slo_task * (w - 1) / np.maximum(heaviest - 1, 1e-9))
             # raising w_t grows the heaviest path of every task sharing a path with t by at most one
-            others_fit = need <= self.slo_task * w / (heaviest + 1)
-            out[:, 5] = (w < BUDGET_LEVELS) & ~(self.co_path & ~others_fit[None, :]).any(axis=1)
-        p = levels.provision[:, None] + self._provision_steps
-        pc = np.minimum(np.maximum(p, 0), len(PROVISION_LEVELS) - 1)
-        per_replica = self.c_instance_slices[config]
-        ratio = PROVISION_LEVELS[pc] / PROVISION_LEVELS[levels.provision][:, None]
-        grow = (decoded.replicas * per_replica)[:, None] * (ratio - 1.0) + per_replica[:, None]
-        out[:, [6, 7, 9, 10]] = (p == pc) & ((self._provision_steps < 0) | (grow <= free + 1e-9))
+            others_short = need > self.slo_task * w / (heaviest + 1)
+            out[:, 5] = (w < BUDGET_LEVELS) & (self._co_path_f @ others_short == 0)
+        grow = cost[:, None] * self._provision_ratio[levels.provision] + per_replica[:, None]
+        ok = self._provision_ok[levels.provision] & (self._provision_down | (grow <= free + 1e-9))
+        out[:, 6:8] = ok[:, :2]
+        out[:, 9:] = ok[:, 2:]
         return out
 
     # ---- configuration -> plan
@@ -389,7 +421,7 @@ class DecisionSpace:
         return with_configs(self.structure(), p50_ms=self.c_p50[c], p95_ms=self.c_p95[c], throughput_rps=self.c_thr[c],
                             replicas=d.replicas, batch=self.c_batch[c], budget_ms=d.budget_ms, items_per_request=d.items,
                             accuracy=self.accuracy[np.arange(self.n_tasks), self.c_variant[c]],
-                            slices_used=d.slices, gpus_used=d.gpus)
+                            slices_used=d.slices, gpus_used=d.gpus, service=self.c_service[:, c])
 
     def plan(self, levels: Levels, d: Decoded) -> Plan:
         """The decoded configuration as a ``Plan`` with a packed MIG layout."""
@@ -424,19 +456,34 @@ class DecisionSpace:
     def observation_size(self) -> int:
         return (HISTORY + 1) * len(self.apps) + 8 * self.n_tasks + 2 * self.incidence.shape[0] + 2
 
-    def observation(self, levels: Levels, d: Decoded, metrics: Any, history: np.ndarray, peak_rps: np.ndarray
-                    ) -> np.ndarray:
-        """The agent's observation: per app the last HISTORY intervals' and the forecast req/s over ``peak_rps``;
-        per task variant, weight, budget / SLO, slices per worker, log batch, provisioning level, utilisation
-        (``metrics`` of the last interval) and share of the cluster; per path p95 / SLO and violation; slices
-        and GPUs used over the cluster's. Scaled to about [0, 1], clipped to [0, OBS_HIGH], float32."""
-        seg_slices = self.c_slices[d.config]
-        task = np.stack([
-            levels.variant / np.maximum(self.n_variants - 1, 1), levels.weight / BUDGET_LEVELS,
-            d.budget_ms / self.slo_task, seg_slices / self.gpu.compute_slices,
-            np.log2(self.c_batch[d.config]) / self._max_batch_log, levels.provision / (len(PROVISION_LEVELS) - 1),
-            metrics.utilisation, d.replicas * seg_slices / self.total_slices])
-        obs = np.concatenate([(history / peak_rps).ravel(), forecast_rps(history) / peak_rps, task.ravel(),
-                              np.fmin(metrics.path_p95_ms / self.path_slo_ms, OBS_HIGH), metrics.path_violation,
-                              [d.slices / self.total_slices, d.gpus / self.n_gpus]])
-        return np.clip(obs, 0.0, OBS_HIGH).astype(np.float32)
+    def demand_features(self, history: np.ndarray) -> np.ndarray:
+        """The observation's demand part, for histories [..., HISTORY, n_apps] of measured req/s: per app the
+        last HISTORY intervals' and the forecast req/s over ``capacity_rps`` ([..., (HISTORY + 1) * n_apps])."""
+        both = np.concatenate([history, forecast_rps(history)[..., None, :]], axis=-2) / self.capacity_rps
+        return both.reshape(*history.shape[:-2], -1)
+
+    def observation(self, levels: Levels, d: Decoded, metrics: Any, demand_features: np.ndarray) -> np.ndarray:
+        """The agent's observation: ``demand_features``; per task variant, weight, budget / SLO, slices per
+        worker, log batch, provisioning level, utilisation (``metrics`` of the last interval) and share of the
+        cluster; per path p95 / SLO and violation; slices and GPUs used over the cluster's. Scaled to about
+        [0, 1], clipped to [0, OBS_HIGH], float32."""
+        n, n_paths, head = self.n_tasks, self.incidence.shape[0], demand_features.shape[-1]
+        obs = np.empty(self.observation_size)
+        obs[:head] = demand_features
+        task = obs[head:head + 8 * n].reshape(8, n)
+        task[0] = levels.variant * self._inv_top_variant
+        task[1] = levels.weight * (1.0 / BUDGET_LEVELS)
+        task[2] = d.budget_ms / self.slo_task
+        task[3:5] = self._c_obs[:, d.config]  # slices per worker, log batch
+        task[5] = levels.provision * (1.0 / (len(PROVISION_LEVELS) - 1))
+        task[6] = metrics.utilisation
+        task[7] = d.replicas * self.c_slices[d.config] * (1.0 / self.total_slices)
+        rest = head + 8 * n
+        obs[rest:rest + n_paths] = np.fmin(metrics.path_p95_ms / self.path_slo_ms, OBS_HIGH)
+        obs[rest + n_paths:rest + 2 * n_paths] = metrics.path_violation
+        obs[-2:] = d.slices / self.total_slices, d.gpus / self.n_gpus
+        return np.minimum(np.maximum(obs, 0.0), OBS_HIGH).astype(np.float32)
+
+    def worst_accuracy(self, path_accuracy: np.ndarray) -> np.ndarray:
+        """Per app, the accuracy of its least accurate path."""
+        return (path_accuracy + self._app_off_path).min(axis=-1)

@@ -1,7 +1,8 @@
 """Steps per second of ``jigsaw/JigsawServe-v0`` for the 3-app default on 4 and 120 GPUs: in ``perf`` mode
 (one env in this process, and 2 envs in SB3's SubprocVecEnv, as training runs them), and simulated requests per
 second in ``sim`` mode. Actions are random among the unmasked ones, masks fetched every step as MaskablePPO does.
-Medians of repeats. The last line is one JSON object:
+The single env is timed inside its calls (masks, step, reset), not the drawing of actions; the 2-process figure
+is wall-clock, draws, pipes and all. Medians of repeats. The last line is one JSON object:
 {"perf_steps_per_s": {"4": x, "120": x}, "perf_steps_per_s_vec2": {...}, "sim_requests_per_s": {...}}.
 Usage: python scripts/bench_env.py [--steps 4000] [--repeats 3]
 """
@@ -34,18 +35,23 @@ def random_actions(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def single(gpus: int, steps: int, mode: str = "perf") -> tuple[float, float]:
-    """(steps/s, simulated requests/s) of one env."""
+    """(steps/s, simulated requests/s) of one env, timing the env's own calls (masks, step, reset): the
+    random choice of actions stands in for the agent's, whose time is not the environment's."""
     env = JigsawEnv(gpus=gpus, mode=mode)
     env.reset(seed=0)
     rng = np.random.default_rng(0)
-    requests = 0.0
-    start = time.perf_counter()
+    requests = elapsed = 0.0
     for _ in range(steps):
-        _, _, _, truncated, info = env.step(random_actions(env.action_masks(), rng))
-        requests += float(info["demand_rps"].sum()) * env.config.interval_s
+        start = time.perf_counter()
+        masks = env.action_masks()
+        elapsed += time.perf_counter() - start
+        action = random_actions(masks, rng)
+        start = time.perf_counter()
+        _, _, _, truncated, info = env.step(action)
         if truncated:
             env.reset()
-    elapsed = time.perf_counter() - start
+        elapsed += time.perf_counter() - start
+        requests += float(info["demand_rps"].sum()) * env.config.interval_s
     return steps / elapsed, requests / elapsed
 
 
