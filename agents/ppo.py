@@ -166,7 +166,7 @@ class Policy:
         if self.levels is None:
             self.levels, self.decoded, _ = space.repair(space.initial(), space.initial(), f)
         metrics = evaluate(space.compiled(self.decoded), history[-1])
-        obs = space.observation(self.levels, self.decoded, metrics, space.demand_features(history))
+        obs = space.observation(self.levels, self.decoded, metrics, space.demand_features(history, f))
         action = self.actor.act(obs, space.masks(self.levels, self.decoded).reshape(-1))
         self.levels, self.decoded, _ = space.step(self.levels, action, f)
         return space.plan(self.levels, self.decoded)

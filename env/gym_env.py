@@ -2,14 +2,19 @@
 
 The agent's decision lives in ``env.space`` (per task: variant, budget weight, provisioning level). Each
 step the action moves those levels, the plan is sized against the forecast demand (``forecast_rps``: the
-last interval's rate, or its linear trend when demand rises), and then judged against the demand that
+last interval's rate, or its linear trend when demand rises, and at least the last interval's busiest trace
+bin, as the controller forecasts), and then judged against the demand that
 actually arrives in the interval: by ``env.perf`` (mode ``perf``, for training: every trace bin of the
 interval evaluated at once) or by ``env.sim`` (mode ``sim``, for evaluation: Poisson arrivals, request by
 request).
 
-Reward = -slices / cluster slices - alpha * violation - beta * accuracy shortfall - gamma * repartitions / GPUs,
-with violation the demand-weighted share of requests over the latency SLO, shortfall the mean over apps of
-max(0, SLO - worst path accuracy) / SLO, and repartitions the MIG instances created or destroyed.
+Reward = -slices / cluster slices - alpha * violation - beta * accuracy shortfall - gamma * repartitions / GPUs
+- delta * refused, with violation the demand-weighted share of requests over the latency SLO, shortfall the mean
+over apps of max(0, SLO - worst path accuracy) / SLO, repartitions the MIG instances created or destroyed, and
+refused 1 for a plan the controller's check would hand to the ILP (``info["unsafe"]``: capacity under the
+forecast x headroom, which only a plan squeezed to fit the GPUs has, or a path's p95 over its SLO). Deployed,
+such a plan is never applied: without delta the policy learned to sit on squeezed plans of accurate variants,
+which the controller refused half the time.
 
 Traces are scaled so that the busiest bin of the training part needs ``load`` of the cluster's slices at
 the best items/s per slice any configuration offers (``DecisionSpace.capacity_rps``): one number that
@@ -57,6 +62,7 @@ class EnvConfig:
     violation_weight: float = 10.0  # alpha
     accuracy_weight: float = 1.0  # beta
     repartition_weight: float = 0.02  # gamma
+    fallback_weight: float = 1.0  # delta
     random_levels: bool = True  # reset from random valid levels (exploration), else from DecisionSpace.initial
     seed_offset: int = 0  # added to the simulator's seeds
 
@@ -92,7 +98,7 @@ class EnvConfig:
         for key, ok, fix in checks:
             if not ok:
                 raise ConfigError(f"bad value {getattr(self, key)!r}", file=source, field=key, fix=fix)
-        for key in ("violation_weight", "accuracy_weight", "repartition_weight"):
+        for key in ("violation_weight", "accuracy_weight", "repartition_weight", "fallback_weight"):
             value = getattr(self, key)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"bad value {value!r}", file=source, field=key, fix="give a finite number >= 0")
@@ -146,8 +152,10 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
         # the forecast, the observation's demand features, and each bin's share of the interval's requests
         windows = [np.lib.stride_tricks.sliding_window_view(d, HISTORY, axis=0).swapaxes(1, 2)
                    for d in self.interval_demand]  # [n_intervals - HISTORY + 1, HISTORY, n_apps]
-        self._forecasts = [_from_history(forecast_rps(w)) for w in windows]
-        self._demand_features = [_from_history(self.space.demand_features(w)) for w in windows]
+        forecasts = [forecast_rps(w, d.max(axis=1)[HISTORY - 1:]) for w, d in zip(windows, self.demand, strict=True)]
+        self._forecasts = [_from_history(f) for f in forecasts]
+        self._demand_features = [_from_history(self.space.demand_features(w, f))
+                                 for w, f in zip(windows, forecasts, strict=True)]
         # a trace whose bins are as long as the interval is judged on one demand, not a batch of one (a third
         # cheaper in env.perf): its steps see [n_apps] demands and the bin share 1
         self._step_demand = [d[:, 0] if d.shape[1] == 1 else d for d in self.demand]
@@ -213,8 +221,6 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
         if cfg.mode == "perf":  # one row per trace bin of the interval
             metrics = evaluate(space.compiled(d), self._step_demand[self._trace][self._t])
             violation = float(np.dot(metrics.violation, self._bin_share[self._trace][self._t]))
-            unsafe = bool((metrics.path_p95_ms > space.path_slo_ms).any()
-                          or (metrics.utilisation > 1.0 / space.opts.headroom).any())
             self._metrics = _last(metrics) if metrics.violation.ndim else metrics
         else:
             metrics = None
@@ -223,12 +229,13 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
                                            start, start + cfg.interval_s,
                                            seed=cfg.seed_offset + int(self.np_random.integers(2**31)))
             violation = float(self._metrics.violation)
-            unsafe = bool((self._metrics.path_p95_ms > space.path_slo_ms).any())
+        unsafe = d.overloaded or bool(((metrics or self._metrics).path_p95_ms > space.path_slo_ms).any())
         shortfall = float((np.maximum(0.0, space.acc_slo - space.worst_accuracy(self._metrics.path_accuracy))
                            / space.acc_slo).sum()) / len(cfg.apps)
         repartitions = sum(abs(a - b) for a, b in zip(d.counts, previous.counts, strict=True))
         reward = (-d.slices / space.total_slices - cfg.violation_weight * violation
-                  - cfg.accuracy_weight * shortfall - cfg.repartition_weight * repartitions / cfg.gpus)
+                  - cfg.accuracy_weight * shortfall - cfg.repartition_weight * repartitions / cfg.gpus
+                  - cfg.fallback_weight * unsafe)
         full = metrics or self._metrics
         info = {"metrics": dict(vars(full)), "violation": violation, "slices": d.slices, "gpus": d.gpus,
                 "accuracy": float(self._metrics.path_accuracy.sum()) / len(space.path_app), "accuracy_shortfall": shortfall,

@@ -6,12 +6,15 @@ Shared by the Gymnasium environment (``env.gym_env``) and the controller's polic
 * **Budget**: an integer weight w_t in 1..BUDGET_LEVELS. A task's latency budget is its share of its app's
   SLO along its heaviest path: budget_t = SLO * w_t / max_{P through t} sum_{u in P} w_u, so every path's
   budgets sum to at most the SLO. Raising w_t moves budget from the other tasks on t's paths to t.
-* **Segment and batch** follow from (variant, budget) by the best-throughput-per-slice rule: among the
-  task's configurations (the ILP's candidates, ``agents.ilp.candidates``) whose allowance x p95 fits the
-  budget (floored to BUDGET_RESOLUTION_MS), the one with the most items/s per slice of GPU it occupies:
-  compute slices, or memory slots where those are scarcer (a 1g.20gb instance holds a seventh of an H100's
-  compute but a quarter of its memory; ranked by compute alone, plans of 1g.20gb filled the GPUs at 4 of 7
-  slices each).
+* **Segment and batch** follow from (variant, budget, the load to provision for) by the fewest-slices rule:
+  among the task's configurations (the ILP's candidates, ``agents.ilp.candidates``) whose allowance x p95
+  fits the budget (floored to BUDGET_RESOLUTION_MS), the one whose workers for the load take the smallest share
+  of the GPUs:
+  max(1, ceil(load / throughput)) x a worker's share, in compute slices or memory slots where those are
+  scarcer (a 1g.20gb instance holds a seventh of an H100's compute but a quarter of its memory; counted by
+  compute alone, plans of 1g.20gb filled the GPUs at 4 of 7 slices each); ties go to the most items/s per
+  slice. (The load-blind rule, the most items/s per slice, put a light task on one worker of a big segment:
+  with the ILP's own variants and budgets, its plans took 1.4-1.6x the ILP's slices; this rule, 1.0-1.1x.)
 * **Provisioning**: an index into PROVISION_LEVELS, capacity over the forecast items/s beyond the headroom
   (``SolverOptions.headroom``, the capacity the controller's check demands); replicas =
   max(1, ceil(forecast_rps * F_t * headroom * level / throughput)), so no level proposes a plan the check
@@ -48,17 +51,21 @@ from profiles.errors import SolverError
 ACTION_NVEC = (3, 3, 5)  # per task: variant step -1..+1, budget step -1..+1, provisioning step -2..+2
 BUDGET_LEVELS = 5
 PROVISION_LEVELS = np.array([1.0, 1.05, 1.1, 1.15, 1.2, 1.3, 1.4, 1.5, 1.75, 2.0])
-BUDGET_RESOLUTION_MS = 0.5
+BUDGET_RESOLUTION_MS = 0.5  # budgets are floored to this grid when configurations are looked up
+_NONE = 1e12  # the cost of "no configuration fits": more than any plan's slices
 HISTORY = 2  # intervals of measured demand the forecast and the observation see
 OBS_HIGH = 4.0  # observation features are scaled to about [0, 1] and clipped to [0, OBS_HIGH]
 SQUEEZE_STEP, SQUEEZE_TRIES = 0.95, 40  # an overloaded plan shrinks 5 % at a time (0.95^40 = 0.13)
 
 
-def forecast_rps(history: np.ndarray) -> np.ndarray:
-    """Next interval's req/s per app from ``history`` ([..., HISTORY, n_apps], oldest first): the last rate, or
-    its linear extrapolation when demand is rising (falling demand is followed one interval late: safe)."""
+def forecast_rps(history: np.ndarray, peak: np.ndarray | None = None) -> np.ndarray:
+    """Next interval's req/s per app from ``history`` ([..., HISTORY, n_apps] interval means, oldest first): the
+    last rate, or its linear extrapolation when demand is rising (falling demand is followed one interval late:
+    safe), and at least ``peak`` ([..., n_apps]), the last interval's busiest sub-interval (a trace bin, or the
+    daemon's PEAK_WINDOW_S), where it is known: sized for the mean, a plan drops the bursts inside the interval."""
     last, before = history[..., -1, :], history[..., -2, :]
-    return np.maximum(last, 2.0 * last - before)
+    rising = np.maximum(last, 2.0 * last - before)
+    return rising if peak is None else np.maximum(rising, peak)
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,10 +130,9 @@ class DecisionSpace:
         self.edges: list[tuple[int, int, np.ndarray]] = []
         self.sources = np.zeros(n, dtype=bool)
         cols: dict[str, list[float]] = defaultdict(list)
-        res = BUDGET_RESOLUTION_MS
-        grid = math.ceil(self.slo_task.max() / res) + 1
-        self.best = np.full((n, v_max, grid), -1, dtype=np.int64)
         self.min_budget = np.full((n, v_max), np.inf)
+        ladders: dict[tuple[int, int], np.ndarray] = {}  # (task, variant) -> its configurations, least need first
+        rank: dict[int, int] = {}  # configuration -> its place by items/s per slice within its (task, variant)
         # a worker's share of a GPU in compute slices, or in memory slots where those are scarcer: H100 holds
         # seven 1g.10gb but only four 1g.20gb instances, so per compute slice the latter packs 1.75x worse
         gpu_share = np.array([s.slices * max(1.0, s.mig_profile.width * gpu.compute_slices
@@ -162,19 +168,32 @@ class DecisionSpace:
                 per_slice = np.array(cols["thr"])[ids] / gpu_share[c.segment]
                 for v in np.unique(c.variant):
                     mine = ids[c.variant == v]
-                    order = np.lexsort((need[mine - start], -per_slice[mine - start]))  # best per slice first
                     self.min_budget[ti, v] = need[mine - start].min()
-                    # for each grid budget: the best-per-slice candidate whose need fits
-                    fits = need[mine - start][order][None, :] <= np.arange(grid)[:, None] * res + 1e-9
-                    first = np.where(fits.any(axis=1), fits.argmax(axis=1), -1)
-                    self.best[ti, v] = np.where(first >= 0, mine[order][np.maximum(first, 0)], -1)
+                    by_slice = mine[np.lexsort((need[mine - start], -per_slice[mine - start]))]
+                    rank.update((int(k), r) for r, k in enumerate(by_slice))
+                    ladders[(ti, int(v))] = mine[np.argsort(need[mine - start], kind="stable")]
         arr = {k: np.array(v) for k, v in cols.items()}
         self.c_variant, self.c_segment = arr["variant"].astype(np.int64), arr["segment"].astype(np.int64)
         self.c_batch, self.c_p50, self.c_p95 = arr["batch"].astype(np.int64), arr["p50"], arr["p95"]
         self.c_thr, self.c_slices = arr["thr"], arr["slices"]
         self.c_task = arr["task"].astype(np.int64)
+        # lookup(): per (task, variant, budget cell, segment type) the configuration with the most items/s whose
+        # need fits the cell's budget (-1: none): for any load, the cheapest of a segment type's configurations
+        # (budgets never exceed the SLO: one spare cell absorbs rounding). The configuration after the last,
+        # index len(c_task), stands for none: it costs _NONE slices
+        cells = math.ceil(self.slo_task.max() / BUDGET_RESOLUTION_MS) + 2
+        none = len(arr["task"])
+        self._by_segment = np.full((n, v_max, cells, len(gpu.segments)), none, dtype=np.int64)
+        for (ti, v), ks in ladders.items():
+            first = np.ceil((opts.latency_allowance * self.c_p95[ks] - 1e-9) / BUDGET_RESOLUTION_MS).astype(np.int64)
+            for k, cell in zip(ks, first, strict=True):
+                column = self._by_segment[ti, v, cell:, self.c_segment[k]]  # the budgets k fits
+                column[(column == none) | (self.c_thr[np.minimum(column, none - 1)] < self.c_thr[k])] = k
+        # per configuration (and none): 1 / items/s, and a worker's share of a GPU in slices (see the module
+        # docstring) plus a millionth per place in the items/s-per-slice ranking, which breaks ties
+        self._c_inv_thr = np.append(1.0 / self.c_thr, 0.0)
+        self._c_share = np.append(gpu_share[self.c_segment] + 1e-6 * np.array([rank[k] for k in range(none)]), _NONE)
         self.c_service = service_rows(self.c_p95, self.c_thr, self.c_batch)
-        self._c_inv_thr = 1.0 / self.c_thr
         self.seg_profile = np.array([gpu.profile_index(s.mig_profile.name) for s in gpu.segments])
         self.seg_workers = np.array([s.mps_workers for s in gpu.segments], dtype=float)
         self.profile_slices = np.array([p.compute_slices for p in gpu.mig_profiles], dtype=float)
@@ -220,7 +239,6 @@ class DecisionSpace:
         at = self._rows[:, None, None], self._neighbour  # [n, v_max, 2]: per (task, variant) its neighbours'...
         self._neighbour_min_budget = np.where(has_neighbour, self.min_budget[at], np.inf)  # (inf: none)
         self._neighbour_accuracy_drop = self.log_accuracy[:, :, None] - self.log_accuracy[at]  # log-accuracy lost
-        self._neighbour_best = self.best[at].transpose(0, 1, 3, 2)  # configuration by budget: [n, v_max, grid, 2]
         self._off_path = np.where(self._on_path, 0.0, np.inf)  # [n_paths, n_tasks]: + then min = min over paths
         self._mask_template = np.ones((n, 11), dtype=bool)
         self._co_path_f = self.co_path.astype(float)
@@ -266,13 +284,19 @@ class DecisionSpace:
         heaviest = (self.incidence * (self.incidence @ weight)[:, None]).max(axis=0)
         return self.slo_task * weight / heaviest
 
-    def lookup(self, variant: np.ndarray, budget: np.ndarray) -> np.ndarray:
-        """The configuration of each task (last axis) for its variant at its budget; -1 where none fits."""
-        return self.best[self._rows, variant, self._budget_cell(budget)]
+    def lookup(self, variant: np.ndarray, budget: np.ndarray, load: np.ndarray) -> np.ndarray:
+        """The configuration of each task (last axis) for its variant at its budget (floored to
+        BUDGET_RESOLUTION_MS) that serves ``load`` (items/s to provision for) on the smallest share of the GPUs;
+        -1 where none fits the budget."""
+        ids = self._by_segment[self._rows, variant, (budget * (1.0 / BUDGET_RESOLUTION_MS) + 1e-9).astype(np.int64)]
+        cost = np.maximum(1.0, np.ceil(load[..., None] * self._c_inv_thr[ids] - 1e-9)) * self._c_share[ids]
+        flat = ids.reshape(-1, ids.shape[-1])  # np.take_along_axis costs 15 us here, plain indexing 1
+        config = flat[np.arange(len(flat)), cost.reshape(flat.shape).argmin(axis=1)].reshape(ids.shape[:-1])
+        return np.where(config < len(self.c_task), config, -1)
 
-    def _budget_cell(self, budget: np.ndarray) -> np.ndarray:
-        """The budget grid cell (last axis of ``best``) a budget falls in: floored to BUDGET_RESOLUTION_MS."""
-        return np.minimum((budget * (1.0 / BUDGET_RESOLUTION_MS) + 1e-9).astype(np.int64), self.best.shape[2] - 1)
+    def load(self, items: np.ndarray, provision: np.ndarray, forecast_rps: np.ndarray) -> np.ndarray:
+        """Items/s each task is provisioned for: the forecast reaching it x headroom x its provisioning level."""
+        return forecast_rps[self.task_app] * items * self._capacity_factor[provision]
 
     def items(self, variant: np.ndarray) -> np.ndarray:
         """Items per app request reaching each task (last axis), for variants [..., n_tasks]."""
@@ -289,27 +313,20 @@ class DecisionSpace:
         key = tuple(counts.astype(np.int64).tolist())
         return key, float(counts @ self.profile_slices), self.packer.gpus_needed(key)
 
-    def replicas(self, config: np.ndarray, items: np.ndarray, provision: np.ndarray,
-                 forecast_rps: np.ndarray) -> np.ndarray:
-        need = forecast_rps[self.task_app] * items * self._capacity_factor[provision] * self._c_inv_thr[config]
-        return np.maximum(1, np.ceil(need - 1e-9)).astype(np.int64)
+    def replicas(self, config: np.ndarray, load: np.ndarray) -> np.ndarray:
+        return np.maximum(1, np.ceil(load * self._c_inv_thr[config] - 1e-9)).astype(np.int64)
 
     def decode(self, levels: Levels, forecast_rps: np.ndarray) -> Decoded:
         """The configuration ``levels`` imply at ``forecast_rps`` (req/s per app), unrepaired."""
         budget = self.budgets(levels.weight)
-        config = self.lookup(levels.variant, budget)
         items = self.items(levels.variant)
+        load = self.load(items, levels.provision, forecast_rps)
+        config = self.lookup(levels.variant, budget, load)
         safe = np.maximum(config, 0)  # the footprint of unconfigured tasks is meaningless but harmless
-        replicas = self.replicas(safe, items, levels.provision, forecast_rps)
+        replicas = self.replicas(safe, load)
         counts, slices, gpus = self.footprint(safe, replicas)
         return Decoded(config, budget, items, replicas, counts, slices, gpus, self.app_ok(levels.variant, config),
                        False, forecast_rps)
-
-    def resize(self, d: Decoded, config: np.ndarray, provision: np.ndarray, forecast_rps: np.ndarray) -> Decoded:
-        """``d`` with replicas and footprint for ``provision`` (the configuration itself unchanged)."""
-        reps = self.replicas(config, d.items, provision, forecast_rps)
-        counts, slices, gpus = self.footprint(config, reps)
-        return Decoded(d.config, d.budget_ms, d.items, reps, counts, slices, gpus, d.app_ok, False, forecast_rps)
 
     # ---- actions
 
@@ -334,11 +351,10 @@ class DecisionSpace:
             repairs += int((~decoded.app_ok).sum())
             decoded = self.decode(proposed, forecast_rps)
         if decoded.gpus > self.n_gpus:
-            safe = np.maximum(decoded.config, 0)
             for provision in (np.minimum(proposed.provision, previous.provision), np.zeros(self.n_tasks, np.int64)):
                 repairs += 1
                 proposed = proposed.replace(provision=provision)
-                decoded = self.resize(decoded, safe, provision, forecast_rps)
+                decoded = self.decode(proposed, forecast_rps)
                 if decoded.gpus <= self.n_gpus:
                     break
             else:
@@ -376,20 +392,21 @@ class DecisionSpace:
         room = ((self.incidence @ self.log_accuracy[rows, v] - self.log_acc_slo)[:, None] + self._off_path).min(axis=0)
         variant_ok = ((self._neighbour_min_budget[rows, v] <= (budget + 1e-9)[:, None])
                       & (self._neighbour_accuracy_drop[rows, v] <= (room + 1e-9)[:, None]))
-        moved = np.maximum(self._neighbour_best[rows, v, self._budget_cell(budget)].T, 0)  # [2, n_tasks]
+        nvc = self._neighbour[rows, v].T  # [2, n_tasks]: the variant a step down, a step up
+        load = self.load(decoded.items, levels.provision, decoded.forecast_rps)
+        moved = np.maximum(self.lookup(nvc, budget, load), 0)  # its own items do not depend on its variant
         free = self.total_slices - decoded.slices
         config = np.maximum(decoded.config, 0)
         per_replica = self.c_instance_slices[config]
         cost = decoded.replicas * per_replica  # growth is charged whole instances
-        grow = self.replicas(moved, decoded.items, levels.provision, decoded.forecast_rps) \
-            * self.c_instance_slices[moved] - cost
+        grow = self.replicas(moved, load) * self.c_instance_slices[moved] - cost
         if self._fanout_tasks.size:  # a fan-out source's variant also changes the items downstream: one row per
             ft, r, c = self._fanout_tasks, self._fanout_rows, self._fanout_cols  # (step, fan-out task), re-sized
-            variant, cfg = v[None, :].repeat(r.size, axis=0), config[None, :].repeat(r.size, axis=0)
-            variant[r, c] = self._neighbour[ft, v[ft]].T.ravel()
-            cfg[r, c] = moved[:, ft].ravel()
-            whole = (self.replicas(cfg, self.items(variant), levels.provision, decoded.forecast_rps)
-                     * self.c_instance_slices[cfg]).sum(axis=1) - cost.sum()
+            variant = v[None, :].repeat(r.size, axis=0)
+            variant[r, c] = nvc[:, ft].ravel()
+            load_r = self.load(self.items(variant), levels.provision, decoded.forecast_rps)
+            cfg = np.maximum(self.lookup(variant, budget, load_r), 0)
+            whole = (self.replicas(cfg, load_r) * self.c_instance_slices[cfg]).sum(axis=1) - cost.sum()
             grow[:, ft] = whole.reshape(2, ft.size)
         out[:, 0:3:2] = variant_ok & (grow <= free + 1e-9).T
         if self.fixed_budget is not None:
@@ -456,10 +473,11 @@ class DecisionSpace:
     def observation_size(self) -> int:
         return (HISTORY + 1) * len(self.apps) + 8 * self.n_tasks + 2 * self.incidence.shape[0] + 2
 
-    def demand_features(self, history: np.ndarray) -> np.ndarray:
-        """The observation's demand part, for histories [..., HISTORY, n_apps] of measured req/s: per app the
-        last HISTORY intervals' and the forecast req/s over ``capacity_rps`` ([..., (HISTORY + 1) * n_apps])."""
-        both = np.concatenate([history, forecast_rps(history)[..., None, :]], axis=-2) / self.capacity_rps
+    def demand_features(self, history: np.ndarray, forecast: np.ndarray) -> np.ndarray:
+        """The observation's demand part, for histories [..., HISTORY, n_apps] of measured req/s and their
+        forecasts [..., n_apps]: per app the last HISTORY intervals' and the forecast req/s over
+        ``capacity_rps`` ([..., (HISTORY + 1) * n_apps])."""
+        both = np.concatenate([history, forecast[..., None, :]], axis=-2) / self.capacity_rps
         return both.reshape(*history.shape[:-2], -1)
 
     def observation(self, levels: Levels, d: Decoded, metrics: Any, demand_features: np.ndarray) -> np.ndarray:

@@ -16,7 +16,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 from env.gym_env import ENV_ID, EnvConfig, JigsawEnv, forecast_rps
 from env.packing import Packer
 from env.perf import compile_plan, evaluate
-from env.space import ACTION_NVEC, Levels
+from env.space import ACTION_NVEC, HISTORY, Levels
+from env.traces import DEFAULT_TRACE_DIR
 from profiles.catalog import load_catalog
 from profiles.errors import ConfigError
 from scripts.bench_env import random_actions
@@ -135,6 +136,20 @@ def test_budgets_by_hand(env: JigsawEnv) -> None:
 
 def test_forecast_follows_rises_and_holds_falls() -> None:
     np.testing.assert_allclose(forecast_rps(np.array([[10.0, 20.0], [14.0, 12.0]])), [18.0, 12.0])
+    # and never below the last interval's busiest bin
+    np.testing.assert_allclose(forecast_rps(np.array([[10.0, 20.0], [14.0, 12.0]]), np.array([16.0, 15.0])),
+                               [18.0, 15.0])
+
+
+def test_the_env_sizes_for_the_busiest_bin_of_the_last_interval() -> None:
+    bursty = JigsawEnv(traces=(str(DEFAULT_TRACE_DIR / "bursty_3apps.csv"),))
+    per_bin = bursty.demand[0]  # [intervals, bins, apps]
+    assert per_bin.shape[1] > 1
+    t = HISTORY + 3
+    expected = forecast_rps(bursty.interval_demand[0][t - HISTORY:t], per_bin[t - 1].max(axis=0))
+    bursty._trace, bursty._t = 0, t
+    np.testing.assert_allclose(bursty._forecast(), expected)
+    assert (expected >= per_bin[t - 1].max(axis=0)).all() and (expected > bursty.interval_demand[0][t - 1]).any()
 
 
 def test_plan_and_fast_path_agree(env: JigsawEnv) -> None:
@@ -213,7 +228,7 @@ def test_levels_out_of_range_are_clipped(env: JigsawEnv) -> None:
 
 
 @pytest.mark.parametrize("doc, field", [
-    ({"gpus": 0}, "gpus"), ({"gpus": 2}, "gpus"), ({"mode": "fast"}, "mode"), ({"load": 1.5}, "load"), ({"nope": 1}, "env"),
+    ({"gpus": 0}, "gpus"), ({"gpus": 1}, "gpus"), ({"mode": "fast"}, "mode"), ({"load": 1.5}, "load"), ({"nope": 1}, "env"),
     ({"violation_weight": -1}, "violation_weight"), ({"traces": "missing.csv"}, "traces"),
 ])
 def test_bad_config_is_one_clear_error(doc: dict, field: str) -> None:
