@@ -1,6 +1,6 @@
 """The systems ``agents.evaluate`` compares. Each is a fresh object per evaluated trace segment with one method,
-``decide(measured req/s per app of the last interval) -> Decision``; all but ``static_peak`` are
-``agents.controller.Controller``s, so they forecast, check and fall back the same way.
+``decide(measured req/s per app of the last interval, those of its busiest trace bin) -> Decision``; all but
+``static_peak`` are ``agents.controller.Controller``s, so they forecast, check and fall back the same way.
 
 * ``ilp``: no proposer, the ILP re-solved every interval on the cluster (the paper's controller, our reference).
 * ``static_peak``: one ILP plan for the segment's peak interval demand, never changed (it knows the peak in
@@ -15,7 +15,7 @@
   Per task, on ``env.space.DecisionSpace``:
     1. latency budget = the task's equal share of its paths' SLO (middle budget weights), and the most
        accurate variant with a configuration within that budget;
-    2. segment type and batch: the configuration with the most items/s per compute slice within the budget;
+    2. segment type and batch: the decision space's rule (the fewest slices for the forecast within the budget);
     3. replicas = ceil(forecast req/s x F_t x headroom / throughput) (F_t: items per request reaching t);
     4. while the plan needs more GPUs than the cluster has: step one task's variant down, the step that frees
        the most slices while every path keeps its accuracy SLO; stop when no single step frees any;
@@ -52,7 +52,7 @@ STATIC_BACKOFF, STATIC_MIN_SCALE = 0.8, 0.1
 
 
 class Decider(Protocol):
-    def decide(self, measured: Mapping[str, float]) -> Decision: ...
+    def decide(self, measured: Mapping[str, float], peak: Mapping[str, float] | None = None) -> Decision: ...
 
 
 # the segment's peak req/s per app (only static_peak uses it) -> a fresh system
@@ -82,7 +82,7 @@ class StaticPeak:
             self.scale *= STATIC_BACKOFF
         self.plan, self.slices, self.status = result.plan, float(result.slices_used), result.status
 
-    def decide(self, measured: Mapping[str, float]) -> Decision:
+    def decide(self, measured: Mapping[str, float], peak: Mapping[str, float] | None = None) -> Decision:
         start = time.perf_counter()
         return Decision(self.plan, "static", "no proposer", math.nan, self.slices if self.plan else math.nan, math.nan,
                         f"{self.status} at {self.scale:.2g} x peak", 1000.0 * (time.perf_counter() - start), "")

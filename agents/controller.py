@@ -4,9 +4,10 @@
 suggests a plan; ``check`` tests it with ``env.perf`` against the forecast demand (the plan compiles against
 the catalog with a valid MIG layout on at most the cluster's GPUs, every path's predicted p95 is within its
 SLO, every path meets its app's accuracy SLO, and every task has capacity >= demand x headroom). A plan that
-fails, or a proposer that raises, hands the interval to the ILP (time-limited); if the ILP has no plan in
-time either, the last good plan holds. Every decision records its source, the verdict and its reason, both
-costs and the gap.
+fails, or a proposer that raises, hands the interval to the ILP (time-limited). A forecast the cluster
+cannot hold at all gets the ILP's plan for the largest share of it that fits (bisection), not the plan
+sized for the interval before; if the ILP has no plan in time, the last good plan holds. Every decision
+records its source, the verdict and its reason, both costs and the gap.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agents.ilp import Features, SolverOptions, solve
+from agents.ilp import Features, SolveResult, SolverOptions, solve
 from env.perf import compile_plan, evaluate
 from env.plan import Plan
 from env.space import HISTORY, forecast_rps
@@ -28,6 +29,8 @@ from profiles.errors import JigsawError
 # A proposer maps (measured req/s per app over the last HISTORY intervals [HISTORY, n_apps] in the controller's
 # app order, the forecast req/s per app, the plan in force) to a plan; it may raise.
 Proposer = Callable[[np.ndarray, Mapping[str, float], Plan | None], Plan]
+
+BACKOFF_SOLVES = 4  # ILP solves that look for the share of an infeasible forecast the cluster holds (to 1/16)
 
 
 
@@ -102,17 +105,20 @@ class Controller:
                            f"the SLO {compiled.accuracy_slo[compiled.path_app[low[0]]]:g}", compiled.slices_used)
         return Verdict(True, "", compiled.slices_used)
 
-    def observe(self, measured: Mapping[str, float]) -> dict[str, float]:
-        """Record the last interval's measured req/s per app; return the forecast for the next one."""
+    def observe(self, measured: Mapping[str, float], peak: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Record the last interval's measured req/s per app (and, where known, its busiest sub-interval's);
+        return the forecast for the next one (``env.space.forecast_rps``)."""
         rates = np.array([max(0.0, float(measured.get(a, 0.0))) for a in self.apps])
         self.history = (np.repeat(rates[None, :], HISTORY, axis=0) if self.history is None
                         else np.vstack([self.history[1:], rates]))
-        return dict(zip(self.apps, forecast_rps(self.history).tolist(), strict=True))
+        busiest = None if peak is None else np.array([max(0.0, float(peak.get(a, 0.0))) for a in self.apps])
+        return dict(zip(self.apps, forecast_rps(self.history, busiest).tolist(), strict=True))
 
-    def decide(self, measured: Mapping[str, float]) -> Decision:
-        """The plan for the next interval, given the last interval's measured req/s per app (``observe``)."""
+    def decide(self, measured: Mapping[str, float], peak: Mapping[str, float] | None = None) -> Decision:
+        """The plan for the next interval, given the last interval's measured req/s per app and, where known,
+        those of its busiest sub-interval (``observe``)."""
         start = time.perf_counter()
-        demand = self.observe(measured)
+        demand = self.observe(measured, peak)
         verdict = Verdict(False, "no proposer", math.nan)
         if self.proposer is not None:
             try:
@@ -125,10 +131,30 @@ class Controller:
                     self.current = proposal
                     return self._decision(proposal, "policy", verdict, math.nan, "", start)
         result = solve(self.catalog, self.gpu_type, demand, self.gpus, self.features, self.opts, self.current)
+        status = result.status
+        if result.status == "infeasible":
+            result, scale = self._back_off(demand)
+            status = f"{result.status} for {scale:.3g} x the forecast (the whole forecast is infeasible)"
         if result.plan is not None:
             self.current = result.plan
-            return self._decision(result.plan, "ilp", verdict, float(result.slices_used), result.status, start)
+            return self._decision(result.plan, "ilp", verdict, float(result.slices_used), status, start)
         return self._decision(self.current, "hold", verdict, math.nan, f"{result.status}: {result.reason}", start)
+
+    def _back_off(self, demand: Mapping[str, float]) -> tuple[SolveResult, float]:
+        """The ILP plan for the largest share of ``demand`` the cluster can serve, to BACKOFF_SOLVES halvings:
+        a plan that serves most of a spike beats holding one sized for the interval before it."""
+        best, low, high = SolveResult("infeasible", "no share of the forecast fits", 0.0), 0.0, 1.0
+        for _ in range(BACKOFF_SOLVES):
+            scale = (low + high) / 2
+            result = solve(self.catalog, self.gpu_type, {a: r * scale for a, r in demand.items()}, self.gpus,
+                           self.features, self.opts, self.current)
+            if result.plan is not None:
+                best, low = result, scale
+            elif result.status == "infeasible":
+                high = scale
+            else:  # out of time: no answer either way
+                break
+        return best, low
 
     def _decision(self, plan: Plan | None, source: str, verdict: Verdict, ilp_slices: float, ilp_status: str,
                   start: float) -> Decision:

@@ -3,15 +3,19 @@
 A segment is one held-out trace (scaled as in training, ``env.gym_env``), intervals ``HISTORY`` to
 ``HISTORY + intervals``. For each segment, each system in turn (a fresh one, built from the segment's peak
 interval demand), and each interval t: ``decide`` gets the measured req/s of interval t-1 (the trace's mean
-rate per app over that interval: the same numbers for every system), then ``env.sim.simulate_trace`` serves
+rate per app over that interval, and that of its busiest trace bin: the same numbers for every system), then
+``env.sim.simulate_trace`` serves
 interval t with the decided plan. Arrivals are seeded per (seed, trace, interval), so every system serves the
 same requests. An interval without any plan (the ILP never found one) counts every request as violated and
 0 slices.
 
 Per system: mean and p95 compute slices; latency-SLO violation % = violated requests / requests over all
-intervals; mean accuracy vs best = the mean over intervals of the mean path accuracy (the product of the
-chosen variants' accuracies, the best variant being 1.0); fallback % = the share of intervals not decided
-by the proposer, for systems with one (policy, policy_alone, greedy), NaN (JSON null) for the others;
+intervals, and over the servable intervals only: those whose busiest trace bin some plan could serve on the
+cluster at all (the ILP finds one at headroom 1), so that demand beyond the cluster (a spike bigger than the
+GPUs) is told apart from what the controller got wrong; mean accuracy vs best = the mean over intervals of
+the mean path accuracy (the product of the chosen variants' accuracies, the best variant being 1.0);
+fallback % = the share of intervals not decided by the proposer, for systems with one (policy,
+policy_alone, greedy), NaN (JSON null) for the others;
 decision time p50 / p99 in ms (``Decision.decide_ms``, the ILP's time limit included where it runs).
 
 ``write_outputs`` writes, under a log directory: one TensorBoard run per system (``<logdir>/<system>``) with
@@ -31,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from agents.baselines import SystemFactory
+from agents.ilp import Features, SolverOptions, solve
 from env.gym_env import EnvConfig, JigsawEnv
 from env.sim import simulate_trace
 from env.space import HISTORY
@@ -40,6 +45,8 @@ from profiles.errors import ensure_writable_dir
 TAGS = ("eval/slices", "eval/violation_pct", "eval/accuracy", "eval/decision_ms")
 NO_PROPOSER = "no proposer"  # the verdict of a decision made without a proposal (agents.controller)
 _SEED_STRIDE = 100_003  # seeds per trace: intervals of different traces never share one
+# servable: some plan holds the interval's busiest bin with no headroom (a timeout counts as servable)
+SERVABLE_OPTS = SolverOptions(headroom=1.0, time_limit_s=10.0)
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,7 @@ class IntervalResult:
     source: str  # policy | ilp | hold | static
     proposed: bool  # a proposer was asked
     decide_ms: float
+    servable: bool  # the cluster could serve the interval's busiest trace bin at all (see the module docstring)
 
     @property
     def violation_pct(self) -> float:
@@ -72,6 +80,7 @@ class Summary:
     slices_mean: float
     slices_p95: float
     violation_pct: float
+    violation_pct_servable: float  # over the servable intervals only (nan if there are none)
     accuracy_mean: float
     fallback_pct: float  # nan for systems without a proposer
     decide_ms_p50: float
@@ -84,8 +93,12 @@ class Summary:
         accuracy = np.array([r.accuracy for r in rows])
         ms = np.array([r.decide_ms for r in rows])
         proposed = any(r.proposed for r in rows)
+        servable = [r for r in rows if r.servable]
+        servable_requests = sum(r.requests for r in servable)
         return cls(float(slices.mean()), float(np.percentile(slices, 95)),
                    100.0 * sum(r.violated for r in rows) / requests if requests else 0.0,
+                   (100.0 * sum(r.violated for r in servable) / servable_requests if servable_requests
+                    else 0.0 if servable else math.nan),
                    float(np.nanmean(accuracy)) if np.isfinite(accuracy).any() else math.nan,
                    100.0 * float(np.mean([r.source != "policy" for r in rows])) if proposed else math.nan,
                    float(np.percentile(ms, 50)), float(np.percentile(ms, 99)))
@@ -113,13 +126,17 @@ def evaluate_systems(catalog: Catalog, config: EnvConfig, systems: Mapping[str, 
     segments = [Segment(i, HISTORY, len(d) if intervals is None else min(len(d), HISTORY + intervals))
                 for i, d in enumerate(env.interval_demand)]
     offsets = np.cumsum([0] + [s.end - s.start for s in segments])
+    busiest = {(si, t): dict(zip(cfg.apps, env.demand[seg.trace][t].max(axis=0).tolist(), strict=True))
+               for si, seg in enumerate(segments) for t in range(seg.start - 1, seg.end)}  # req/s of the busiest bin
+    servable = {(si, t): solve(catalog, cfg.gpu_type, busiest[(si, t)], cfg.gpus, Features(), SERVABLE_OPTS).status
+                != "infeasible" for si, seg in enumerate(segments) for t in range(seg.start, seg.end)}
     results: dict[str, list[IntervalResult]] = {name: [] for name in systems}
     for si, name in progress([(si, name) for si in range(len(segments)) for name in systems]):
         seg = segments[si]
         demand, trace = env.interval_demand[seg.trace], env.traces[seg.trace]
         system = systems[name](dict(zip(cfg.apps, demand[seg.start:seg.end].max(axis=0).tolist(), strict=True)))
         for t in range(seg.start, seg.end):
-            decision = system.decide(dict(zip(cfg.apps, demand[t - 1].tolist(), strict=True)))
+            decision = system.decide(dict(zip(cfg.apps, demand[t - 1].tolist(), strict=True)), busiest[(si, t - 1)])
             start_s = float(trace.times_s[0]) + t * cfg.interval_s
             interval_seed = seed + cfg.seed_offset + seg.trace * _SEED_STRIDE + t
             if decision.plan is None:
@@ -131,7 +148,8 @@ def evaluate_systems(catalog: Catalog, config: EnvConfig, systems: Mapping[str, 
                 requests = int(m.requests.sum())
                 slices, violated, accuracy = m.slices_used, m.violation * requests, float(m.path_accuracy.mean())
             results[name].append(IntervalResult(int(offsets[si]) + t - seg.start, slices, requests, violated, accuracy,
-                                                decision.source, decision.verdict != NO_PROPOSER, decision.decide_ms))
+                                                decision.source, decision.verdict != NO_PROPOSER, decision.decide_ms,
+                                                servable[(si, t)]))
     demand_rps = np.concatenate([env.interval_demand[s.trace][s.start:s.end] for s in segments])
     for rows in results.values():
         rows.sort(key=lambda r: r.step)
@@ -152,6 +170,7 @@ def _finite(x: float) -> float | None:
 
 
 _COLUMNS = (("system", "{}"), ("slices mean", "{:.2f}"), ("slices p95", "{:.2f}"), ("violation %", "{:.3f}"),
+            ("violation % servable", "{:.3f}"),
             ("accuracy", "{:.4f}"), ("fallback %", "{:.1f}"), ("decide p50 ms", "{:.2f}"), ("decide p99 ms", "{:.2f}"))
 
 

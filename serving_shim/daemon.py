@@ -5,12 +5,12 @@
 Startup: check the options (a plan file must fit the catalog), open the backend (a machine without what it
 needs fails here), listen (127.0.0.1 by default), then start the first plan: ``--plan FILE``, else the plan
 persisted in the run directory by a previous run, else the controller's plan for ``min_rps`` per app. Then,
-every ``interval_s``: measure each app's arrival rate at the router over the interval, ask the controller
-for a plan (in a thread: the ILP may take its time limit), and reconcile when the plan changed. A decision
-that raises is logged and the current plan stays. Every applied plan is persisted (``plan.json``, atomically);
-every decision is logged to TensorBoard (``tensorboard/``) and kept for ``/status``. ``/metrics`` serves
-Prometheus text. SIGTERM or SIGINT: stop accepting, answer what is pending, drain and stop every worker, stop
-the backend's daemons.
+every ``interval_s``: measure each app's arrival rate at the router over the interval and over its busiest
+``PEAK_WINDOW_S`` window, ask the controller for a plan (in a thread: the ILP may take its time limit), and
+reconcile when the plan changed. A decision that raises is logged and the current plan stays. Every applied
+plan is persisted (``plan.json``, atomically); every decision is logged to TensorBoard (``tensorboard/``) and
+kept for ``/status``. ``/metrics`` serves Prometheus text. SIGTERM or SIGINT: stop accepting, answer what is
+pending, drain and stop every worker, stop the backend's daemons.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from serving_shim.router import ANSWER_GRACE_S, STATUSES, Router
 log = logging.getLogger("jigsaw.daemon")
 
 PLAN_FILE = "plan.json"
+PEAK_WINDOW_S = 10.0  # the windows an interval's busiest rate is measured over (the shipped traces' finest bins)
 _KEPT_DECISIONS = 50
 
 
@@ -172,23 +173,34 @@ class Daemon:
         self._stop.set()
 
     async def _control_loop(self) -> None:
-        last_s = self.clock()
-        last = {a: s.arrivals for a, s in self.router.stats.items()}
+        """Every interval: the measured req/s per app, and those of its busiest PEAK_WINDOW_S window, to the
+        controller (sized for the mean alone, a plan drops the bursts inside the interval)."""
+        windows = max(1, round(self.cfg.interval_s / PEAK_WINDOW_S))
+        last_s = window_s = self.clock()
+        last = window = {a: s.arrivals for a, s in self.router.stats.items()}
+        peak = dict.fromkeys(last, 0.0)
         while not self._stop.is_set():
             try:
-                await asyncio.wait_for(self._stop.wait(), self.cfg.interval_s)
+                await asyncio.wait_for(self._stop.wait(), self.cfg.interval_s / windows)
                 return
             except TimeoutError:
                 pass
             now = self.clock()
+            counts = {a: s.arrivals for a, s in self.router.stats.items()}
+            span_s = max(now - window_s, 1e-9)
+            peak = {a: max(peak[a], (counts[a] - window[a]) / span_s) for a in counts}
+            window_s, window = now, counts
+            if now - last_s < self.cfg.interval_s * (1 - 0.5 / windows):
+                continue
             span_s = max(now - last_s, 1e-9)
-            self.rates_rps = {a: (s.arrivals - last[a]) / span_s for a, s in self.router.stats.items()}
-            last_s, last = now, {a: s.arrivals for a, s in self.router.stats.items()}
-            await self._decide({a: max(r, self.cfg.min_rps) for a, r in self.rates_rps.items()})
+            self.rates_rps = {a: (counts[a] - last[a]) / span_s for a in counts}
+            last_s, last = now, counts
+            busiest, peak = peak, dict.fromkeys(counts, 0.0)
+            await self._decide({a: max(r, self.cfg.min_rps) for a, r in self.rates_rps.items()}, busiest)
 
-    async def _decide(self, demand: dict[str, float]) -> None:
+    async def _decide(self, demand: dict[str, float], peak: dict[str, float] | None = None) -> None:
         try:
-            decision = await asyncio.to_thread(self.controller.decide, demand)
+            decision = await asyncio.to_thread(self.controller.decide, demand, peak)
         except Exception as e:  # a failed decision keeps the current plan; the daemon lives on
             log.exception("decision failed; keeping the current plan")
             self._record(demand, None, f"{type(e).__name__}: {e}")

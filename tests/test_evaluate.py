@@ -21,8 +21,8 @@ from env.gym_env import DEFAULT_TRACES, EnvConfig
 from profiles.catalog import load_catalog
 from scripts.cli import main
 
-SUMMARY_KEYS = {"slices_mean", "slices_p95", "violation_pct", "accuracy_mean", "fallback_pct", "decide_ms_p50",
-                "decide_ms_p99"}
+SUMMARY_KEYS = {"slices_mean", "slices_p95", "violation_pct", "violation_pct_servable", "accuracy_mean", "fallback_pct",
+                "decide_ms_p50", "decide_ms_p99"}
 SYSTEMS = "ilp,static_peak,a_t,greedy"
 ONE_TRACE = DEFAULT_TRACES[0]
 

@@ -81,10 +81,12 @@ def test_the_shipped_policy_loads_and_decides_on_held_out_demand() -> None:
     policy = load_policy(DEFAULT_POLICY, catalog)
     config = policy.env_config
     assert (config.apps, config.gpus) == (("social_media", "traffic_analysis", "ar_assistant"), 4)
-    ctl = Controller(catalog, config.gpu_type, list(config.apps), config.gpus, proposer=policy.proposer,
-                     policy_version=policy.version)
-    demand = JigsawEnv(config.to_dict() | {"part": "held_out"}).interval_demand[0]
-    decisions = [ctl.decide(dict(zip(config.apps, rates.tolist(), strict=True))) for rates in demand[:8]]
+    decisions = []
+    for demand in JigsawEnv(config.to_dict() | {"part": "held_out"}).interval_demand:  # each trace, as evaluate
+        policy.reset()
+        ctl = Controller(catalog, config.gpu_type, list(config.apps), config.gpus, proposer=policy.proposer,
+                         policy_version=policy.version)
+        decisions += [ctl.decide(dict(zip(config.apps, rates.tolist(), strict=True))) for rates in demand[:6]]
     assert all(d.plan is not None and d.source in ("policy", "ilp") for d in decisions)
     assert all(d.policy_version == policy.version and np.isfinite(d.policy_slices) for d in decisions)
     accepted = [d for d in decisions if d.source == "policy"]

@@ -1,0 +1,31 @@
+"""The controller's forecast and its answer to a forecast the cluster cannot hold (hand-checked cases)."""
+
+from __future__ import annotations
+
+from agents.controller import BACKOFF_SOLVES, Controller
+from env.perf import compile_plan, evaluate
+from profiles.catalog import Catalog
+
+APP = "ar_assistant"
+
+
+def test_the_busiest_window_raises_the_forecast(builtin_catalog: Catalog) -> None:
+    ctl = Controller(builtin_catalog, "h100", [APP], 1)
+    assert ctl.observe({APP: 10.0}) == {APP: 10.0}
+    assert ctl.observe({APP: 10.0}, {APP: 30.0}) == {APP: 30.0}  # the bursts inside the interval, not its mean
+    assert ctl.observe({APP: 12.0}, {APP: 11.0}) == {APP: 14.0}  # a rising mean's trend beats a lower peak
+    mean_only = Controller(builtin_catalog, "h100", [APP], 1).decide({APP: 20.0})
+    with_peak = Controller(builtin_catalog, "h100", [APP], 1).decide({APP: 20.0}, {APP: 150.0})
+    assert with_peak.ilp_slices > mean_only.ilp_slices
+
+
+def test_an_infeasible_forecast_gets_the_plan_for_the_share_that_fits(builtin_catalog: Catalog) -> None:
+    ctl = Controller(builtin_catalog, "h100", [APP], 1)
+    held = ctl.decide({APP: 5.0}).plan
+    d = ctl.decide({APP: 1000.0})  # a few times what one GPU holds
+    assert d.source == "ilp" and d.plan is not None and d.plan != held
+    assert "x the forecast" in d.ilp_status
+    m = evaluate(compile_plan(builtin_catalog, d.plan), [1000.0])
+    assert m.gpus_used <= 1 and m.utilisation.max() > 1.0  # it fits the GPU and cannot serve it all
+    share = float(d.ilp_status.split(" for ")[1].split(" x ")[0])
+    assert 0 < share <= 1 - 0.5 ** BACKOFF_SOLVES
