@@ -14,6 +14,7 @@ and its ``proposer`` plugs into ``agents.controller.Controller``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -144,9 +145,10 @@ class Policy:
         self.space = DecisionSpace(catalog, env_config.gpu_type, list(env_config.apps), env_config.gpus)
         self.levels: Levels | None = None
         self.decoded: Any = None
+        self.proposed: Plan | None = None  # the last plan this policy proposed
 
     def reset(self) -> None:
-        self.levels = self.decoded = None
+        self.levels = self.decoded = self.proposed = None
 
     def check_serves(self, apps: tuple[str, ...], gpus: int, gpu_type: str, source: str) -> None:
         """Refuse a cluster other than the one the policy was trained for (its observation and actions are
@@ -159,17 +161,23 @@ class Policy:
                                   f"{trained.gpu_type}, or leave them out where the command allows")
 
     def proposer(self, history: np.ndarray, forecast: Mapping[str, float], current: Plan | None) -> Plan:
-        """The policy's plan for the next interval. It continues from its own last proposal (its levels),
-        whether or not the controller applied it."""
+        """The policy's plan for the next interval. It continues from its own last proposal (its levels) when
+        the controller applied it, else from the levels nearest the plan in force (the ILP's, after a fallback):
+        from its own refused plan it stepped on squeezed plans, a single level at a time, for up to 10 intervals."""
         space = self.space
         f = np.array([forecast[a] for a in space.apps])
-        if self.levels is None:
-            self.levels, self.decoded, _ = space.repair(space.initial(), space.initial(), f)
+        start = space.initial() if self.levels is None else self.levels
+        if current is not None and current != self.proposed:
+            with contextlib.suppress(KeyError, ValueError):  # a plan of other apps (a daemon's --plan): our own
+                start = space.levels_of(current)
+        if start is not self.levels:
+            self.levels, self.decoded, _ = space.repair(start, start, f)
         metrics = evaluate(space.compiled(self.decoded), history[-1])
         obs = space.observation(self.levels, self.decoded, metrics, space.demand_features(history, f))
         action = self.actor.act(obs, space.masks(self.levels, self.decoded).reshape(-1))
         self.levels, self.decoded, _ = space.step(self.levels, action, f)
-        return space.plan(self.levels, self.decoded)
+        self.proposed = space.plan(self.levels, self.decoded)
+        return self.proposed
 
 
 def sidecar_path(policy_path: Path) -> Path:

@@ -458,6 +458,18 @@ class DecisionSpace:
             instances[gpu.segments[s].mig_profile.name] += [tuple(names[i:i + m]) for i in range(0, len(names), m)]
         return Plan(gpu.name, apps, self.packer.layout(instances))
 
+    def levels_of(self, plan: Plan) -> Levels:
+        """The levels nearest ``plan`` (one of these apps' on this GPU type, e.g. the ILP's): its variants, budget
+        weights in proportion to its budgets (the largest on a path at BUDGET_LEVELS), the lowest provisioning
+        level. Raises KeyError or ValueError for a plan of other apps, tasks or variants."""
+        variant = np.array([[v.name for v in self.catalog.app(a).task(t).variants].index(plan.apps[a][t].variant)
+                            for a, t in self.tasks])
+        budget = np.array([plan.apps[a][t].budget_ms for a, t in self.tasks])
+        largest = np.where(self._on_path, budget, 0.0).max(axis=1)  # per path
+        near = np.where(self._on_path, largest[:, None], 0.0).max(axis=0)  # per task, over its paths
+        weight = np.clip(np.rint(BUDGET_LEVELS * budget / near), 1, BUDGET_LEVELS).astype(np.int64)
+        return Levels(variant, weight, np.zeros(self.n_tasks, dtype=np.int64))
+
     def initial(self) -> Levels:
         """Middle budgets, the lowest provisioning level (capacity = forecast x headroom, as the ILP plans), and
         per task the most accurate variant that has a configuration at its budget."""

@@ -92,3 +92,20 @@ def test_the_shipped_policy_loads_and_decides_on_held_out_demand() -> None:
     accepted = [d for d in decisions if d.source == "policy"]
     assert accepted, [d.verdict for d in decisions]  # a trained policy's plans pass the safety check
     assert all(d.policy_slices <= config.gpus * catalog.gpu("h100").compute_slices for d in accepted)
+
+
+def test_after_a_fallback_the_policy_continues_from_the_plan_in_force() -> None:
+    catalog = load_catalog()
+    policy = load_policy(DEFAULT_POLICY, catalog)
+    config, space = policy.env_config, policy.space
+    rates = {"social_media": 300.0, "traffic_analysis": 150.0, "ar_assistant": 60.0}
+    ilp_plan = Controller(catalog, config.gpu_type, list(config.apps), config.gpus).decide(rates).plan
+    nearest = space.levels_of(ilp_plan)
+    names = [catalog.app(a).task(t).variants[v].name for (a, t), v in zip(space.tasks, nearest.variant, strict=True)]
+    assert names == [ilp_plan.apps[a][t].variant for a, t in space.tasks]
+    assert ((nearest.weight >= 1) & (nearest.weight <= 5)).all() and (nearest.provision == 0).all()
+    history = np.tile(np.array([list(rates.values())]), (2, 1))
+    own = policy.proposer(history, rates, None)
+    policy.proposer(history, rates, own)  # its own plan applied: it steps on from its levels
+    policy.proposer(history, rates, ilp_plan)  # the ILP's plan applied: one step from the ILP's levels
+    assert (np.abs(policy.levels.variant - nearest.variant) <= 1).all()
