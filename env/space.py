@@ -131,7 +131,8 @@ class DecisionSpace:
         self.sources = np.zeros(n, dtype=bool)
         cols: dict[str, list[float]] = defaultdict(list)
         self.min_budget = np.full((n, v_max), np.inf)
-        ladders: dict[tuple[int, int], np.ndarray] = {}  # (task, variant) -> its configurations, least need first
+        # (task, variant) -> its configurations, least need first (of equal items/s, the faster one is kept)
+        configs_of: dict[tuple[int, int], np.ndarray] = {}
         rank: dict[int, int] = {}  # configuration -> its place by items/s per slice within its (task, variant)
         # a worker's share of a GPU in compute slices, or in memory slots where those are scarcer: H100 holds
         # seven 1g.10gb but only four 1g.20gb instances, so per compute slice the latter packs 1.75x worse
@@ -171,20 +172,20 @@ class DecisionSpace:
                     self.min_budget[ti, v] = need[mine - start].min()
                     by_slice = mine[np.lexsort((need[mine - start], -per_slice[mine - start]))]
                     rank.update((int(k), r) for r, k in enumerate(by_slice))
-                    ladders[(ti, int(v))] = mine[np.argsort(need[mine - start], kind="stable")]
+                    configs_of[(ti, int(v))] = mine[np.argsort(need[mine - start], kind="stable")]
         arr = {k: np.array(v) for k, v in cols.items()}
         self.c_variant, self.c_segment = arr["variant"].astype(np.int64), arr["segment"].astype(np.int64)
         self.c_batch, self.c_p50, self.c_p95 = arr["batch"].astype(np.int64), arr["p50"], arr["p95"]
         self.c_thr, self.c_slices = arr["thr"], arr["slices"]
         self.c_task = arr["task"].astype(np.int64)
         # lookup(): per (task, variant, budget cell, segment type) the configuration with the most items/s whose
-        # need fits the cell's budget (-1: none): for any load, the cheapest of a segment type's configurations
-        # (budgets never exceed the SLO: one spare cell absorbs rounding). The configuration after the last,
-        # index len(c_task), stands for none: it costs _NONE slices
+        # need fits the cell's budget: for any load, the cheapest of a segment type's configurations (budgets
+        # never exceed the SLO: one spare cell absorbs rounding). Where none fits, the index after the last
+        # configuration, which costs _NONE slices
         cells = math.ceil(self.slo_task.max() / BUDGET_RESOLUTION_MS) + 2
         none = len(arr["task"])
         self._by_segment = np.full((n, v_max, cells, len(gpu.segments)), none, dtype=np.int64)
-        for (ti, v), ks in ladders.items():
+        for (ti, v), ks in configs_of.items():
             first = np.ceil((opts.latency_allowance * self.c_p95[ks] - 1e-9) / BUDGET_RESOLUTION_MS).astype(np.int64)
             for k, cell in zip(ks, first, strict=True):
                 column = self._by_segment[ti, v, cell:, self.c_segment[k]]  # the budgets k fits
