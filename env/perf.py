@@ -281,9 +281,9 @@ def service_rows(p95_ms: np.ndarray, throughput_rps: np.ndarray, batch: np.ndarr
     mu = 1000.0 * batch / throughput_rps
     tail = np.maximum(0.0, p95_ms - mu) / (math.log(1.0 / _TAIL) - 1.0)
     fill = np.array([fill_p95_arrivals(int(b)) for b in np.ravel(batch)]).reshape(np.shape(batch))
-    return np.stack(np.broadcast_arrays(
-        mu, tail, np.maximum(0.0, mu - tail), 1.0 / throughput_rps, RHO_MAX * throughput_rps, 1000.0 * fill,
-        1.0 / np.maximum(tail, _TINY), (tail > 0).astype(float), (tail / mu) ** 2, 1.0 / batch)).astype(float)
+    return np.stack([mu, tail, np.maximum(0.0, mu - tail), 1.0 / throughput_rps, RHO_MAX * throughput_rps,
+                     1000.0 * fill, 1.0 / np.maximum(tail, _TINY), (tail > 0).astype(float), (tail / mu) ** 2,
+                     1.0 / batch])
 
 
 

@@ -14,7 +14,7 @@ Shared by the Gymnasium environment (``env.gym_env``) and the controller's polic
   scarcer (a 1g.20gb instance holds a seventh of an H100's compute but a quarter of its memory; counted by
   compute alone, plans of 1g.20gb filled the GPUs at 4 of 7 slices each); ties go to the most items/s per
   slice. (The load-blind rule, the most items/s per slice, put a light task on one worker of a big segment:
-  with the ILP's own variants and budgets, its plans took 1.4-1.6x the ILP's slices; this rule, 1.0-1.1x.)
+  with the ILP's own variants and budgets, its plans took 1.4-1.6x the ILP's slices; this rule, 1.1-1.4x.)
 * **Provisioning**: an index into PROVISION_LEVELS, capacity over the forecast items/s beyond the headroom
   (``SolverOptions.headroom``, the capacity the controller's check demands); replicas =
   max(1, ceil(forecast_rps * F_t * headroom * level / throughput)), so no level proposes a plan the check
