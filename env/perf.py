@@ -1,9 +1,11 @@
 """The analytic performance model: a plan and a demand in, utilisation, latency, SLO violations out.
 
 ``compile_plan(catalog, plan)`` turns a plan into flat arrays once (it may loop); ``evaluate(compiled,
-demand_rps)`` is pure numpy over those arrays, vectorised over any number of demands at once, for the
-RL environment's thousands of calls a second. ``env.sim`` is the ground truth this approximates: the model
-follows its mechanics (round-robin replicas, batching with a timeout, early drops at the deadline).
+demand_rps)`` reads only those arrays, for any number of demands at once, in one compiled (numba) kernel: the RL
+environment calls it thousands of times a second on ~10 tasks, where numpy's per-call overhead was most of the
+cost (a 6-demand evaluation took 130 us as numpy array calls, 18 us compiled). ``env.sim`` is the ground truth
+this approximates: the model follows its mechanics (round-robin replicas, batching with a timeout, early drops at
+the deadline).
 
 The model, per task t of app a (times in ms, rates in items/s):
 
@@ -76,6 +78,7 @@ import functools
 import math
 from dataclasses import dataclass, fields
 
+import numba
 import numpy as np
 from scipy.stats import poisson
 
@@ -388,49 +391,108 @@ def evaluate(compiled: CompiledPlan, demand_rps: np.ndarray) -> Metrics:
     d = np.asarray(demand_rps, dtype=float)
     if d.shape[-1:] != (len(c.app_names),):
         raise ValueError(f"demand_rps has shape {d.shape}; the last axis must be the {len(c.app_names)} apps")
-    lam_r = d @ c._lam_matrix  # items/s reaching one replica
-    rho = lam_r * c._inv_thr
-    fill_p95 = np.minimum(c._fill_ms_rps / np.maximum(np.minimum(lam_r, c._lam_cap), _TINY), c._timeout_ms)
-    patience = np.maximum(c._slack_ms - (fill_p95 + c._mean_ms) @ c._ancestors, _TINY)
-    g = c._coef * (_ONE_UP - rho)  # never 0 at rho = 1 exactly (the closed forms' removable singularity)
-    cw = c._coef * rho
-    c_g = cw / g
-    neg_x = np.minimum(g * -patience, _EXP_MAX)  # -g P
-    e_p = np.exp(neg_x)
-    em = -np.expm1(neg_x)
-    over = cw * e_p * c._over_ms  # mass of the dropped
-    body = c_g * em  # mass of the waits in (0, P)
-    inv_z = 1.0 / (1.0 + body + over)
-    served = 1.0 + body
-    wait = c_g * (em + neg_x * e_p) / (g * served)
-    fill = fill_p95 * (1.0 - (c_g * (np.exp(np.minimum(-0.5 * g * fill_p95, _EXP_MAX)) - e_p) + over) * inv_z)
-    mean_t = fill + c._mean_ms + wait
-    through = ((mean_t @ c._inc_t)[..., None, :] + c._on_path).max(axis=-1)
-    q = np.minimum(np.maximum(c._slo_tail_ms - through + wait, 0.0), patience)
-    e_q = np.exp(np.minimum(-g * q, _EXP_MAX))
-    e_t = np.exp(-q * c._inv_tail)
-    a = c._inv_tail - g
-    a[a == 0.0] = _TINY  # the removable singularity g = 1 / m (then e_q = e_t)
-    fail = np.minimum((c_g * (e_q - e_p) + cw * (e_q - e_t) / a + over + e_t) * inv_z, 1.0)
-    # per task, then summed along each path in one product: the fixed delay, the spread (waits and service
-    # tails), log P(on time) and log P(no wait or tail)
-    per_task = np.empty((4, *rho.shape))
-    per_task[0] = fill + c._fixed_ms
-    per_task[1] = wait + c._tail_ms
-    per_task[2] = np.log(np.maximum(1.0 - fail, _TINY))
-    per_task[3] = np.log(np.maximum(1.0 - np.maximum(body / served, c._tail_flag), _TINY))
-    fixed_p, spread_p, log_ok, log_calm = per_task @ c._inc_t
-    path_v = 1.0 - np.exp(log_ok)
-    pi_p = np.maximum(1.0 - np.exp(log_calm), _TAIL)  # at least 5%: then theta's log factor below is 0
-    p95 = np.minimum(fixed_p + spread_p * np.log(pi_p * (1.0 / _TAIL)) / pi_p, c._p95_cap_ms)
-    app_v = 1.0 - np.exp(log_ok @ c._path_in_app)
-    violated = d * app_v
-    total = d.sum(axis=-1)
+    rho, p95, path_v, app_v, violated, violation = _evaluate_rows(
+        np.ascontiguousarray(d.reshape(-1, d.shape[-1])), c._lam_matrix, c._inv_thr, c._fill_ms_rps, c._lam_cap,
+        c._timeout_ms, c._slack_ms, c._mean_ms, c._ancestors, c._coef, c._over_ms, c._inc_t, c._on_path,
+        c._slo_tail_ms, c._inv_tail, c._fixed_ms, c._tail_ms, c._tail_flag, c._p95_cap_ms, c._path_in_app)
+    lead = d.shape[:-1]
     if d.ndim == 1:  # one demand: the compiled read-only constants as they are
         accuracy, slices, gpus = c._fixed_outputs
     else:
-        accuracy, slices, gpus = (_repeated(x, d.shape[:-1]) for x in c._fixed_outputs)
+        accuracy, slices, gpus = (_repeated(x, lead) for x in c._fixed_outputs)
     return Metrics(
-        utilisation=rho, path_p95_ms=p95, path_violation=path_v, app_violation=app_v, app_violated_rps=violated,
-        violation=violated.sum(axis=-1) / np.maximum(total, _TINY), path_accuracy=accuracy, slices_used=slices,
-        gpus_used=gpus)
+        utilisation=rho.reshape(lead + rho.shape[1:]), path_p95_ms=p95.reshape(lead + p95.shape[1:]),
+        path_violation=path_v.reshape(lead + path_v.shape[1:]), app_violation=app_v.reshape(lead + app_v.shape[1:]),
+        app_violated_rps=violated.reshape(lead + violated.shape[1:]), violation=violation.reshape(lead),
+        path_accuracy=accuracy, slices_used=slices, gpus_used=gpus)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _evaluate_rows(d, lam_matrix, inv_thr, fill_ms_rps, lam_cap, timeout_ms, slack_ms, mean_ms, ancestors, coef,
+                   over_ms, inc_t, on_path, slo_tail_ms, inv_tail, fixed_ms, tail_ms, tail_flag, p95_cap_ms,
+                   path_in_app):  # pragma: no cover - compiled
+    """``evaluate`` for demands [n_demands, n_apps], one row at a time: the module docstring's model, in its
+    symbols. Compiled: on 9 tasks the same arithmetic as numpy array calls took ~60 calls of ~1 us each."""
+    n_d, n_apps = d.shape
+    n, n_paths = inc_t.shape
+    rho = np.empty((n_d, n))
+    p95 = np.empty((n_d, n_paths))
+    path_v = np.empty((n_d, n_paths))
+    app_v = np.empty((n_d, n_apps))
+    violated = np.empty((n_d, n_apps))
+    violation = np.empty(n_d)
+    lam_r, fill_p95, patience, g, cw, c_g, neg_x, e_p, over, body, inv_z, served, wait, fill, mean_t = (
+        np.empty(n), np.empty(n), np.empty(n), np.empty(n), np.empty(n), np.empty(n), np.empty(n), np.empty(n),
+        np.empty(n), np.empty(n), np.empty(n), np.empty(n), np.empty(n), np.empty(n), np.empty(n))
+    path_mean, fixed_p, spread_p, log_ok, log_calm = (np.empty(n_paths), np.empty(n_paths), np.empty(n_paths),
+                                                      np.empty(n_paths), np.empty(n_paths))
+    for i in range(n_d):
+        for t in range(n):
+            x = 0.0
+            for a in range(n_apps):
+                x += d[i, a] * lam_matrix[a, t]
+            lam_r[t] = x  # items/s reaching one replica
+            rho[i, t] = x * inv_thr[t]
+            fill_p95[t] = min(fill_ms_rps[t] / max(min(x, lam_cap[t]), _TINY), timeout_ms[t])
+        for t in range(n):
+            up = 0.0
+            for u in range(n):
+                up += (fill_p95[u] + mean_ms[u]) * ancestors[u, t]
+            patience[t] = max(slack_ms[t] - up, _TINY)
+            r = rho[i, t]
+            g[t] = coef[t] * (_ONE_UP - r)  # never 0 at rho = 1 exactly (the closed forms' removable singularity)
+            cw[t] = coef[t] * r
+            c_g[t] = cw[t] / g[t]
+            neg_x[t] = min(g[t] * -patience[t], _EXP_MAX)  # -g P
+            e_p[t] = math.exp(neg_x[t])
+            em = -math.expm1(neg_x[t])
+            over[t] = cw[t] * e_p[t] * over_ms[t]  # mass of the dropped
+            body[t] = c_g[t] * em  # mass of the waits in (0, P)
+            inv_z[t] = 1.0 / (1.0 + body[t] + over[t])
+            served[t] = 1.0 + body[t]
+            wait[t] = c_g[t] * (em + neg_x[t] * e_p[t]) / (g[t] * served[t])
+            fill[t] = fill_p95[t] * (1.0 - (c_g[t] * (math.exp(min(-0.5 * g[t] * fill_p95[t], _EXP_MAX)) - e_p[t])
+                                            + over[t]) * inv_z[t])
+            mean_t[t] = fill[t] + mean_ms[t] + wait[t]
+        for p in range(n_paths):
+            x = 0.0
+            for t in range(n):
+                x += mean_t[t] * inc_t[t, p]
+            path_mean[p] = x
+            fixed_p[p] = spread_p[p] = log_ok[p] = log_calm[p] = 0.0
+        for t in range(n):
+            through = -np.inf
+            for p in range(n_paths):
+                through = max(through, path_mean[p] + on_path[t, p])
+            q = min(max(slo_tail_ms[t] - through + wait[t], 0.0), patience[t])
+            e_q = math.exp(min(-g[t] * q, _EXP_MAX))
+            e_t = math.exp(-q * inv_tail[t])
+            a = inv_tail[t] - g[t]
+            if a == 0.0:  # the removable singularity g = 1 / m (then e_q = e_t)
+                a = _TINY
+            fail = min((c_g[t] * (e_q - e_p[t]) + cw[t] * (e_q - e_t) / a + over[t] + e_t) * inv_z[t], 1.0)
+            # per task, summed along each path: the fixed delay, the spread (waits and service tails),
+            # log P(on time) and log P(no wait or tail)
+            ok = math.log(max(1.0 - fail, _TINY))
+            calm = math.log(max(1.0 - max(body[t] / served[t], tail_flag[t]), _TINY))
+            for p in range(n_paths):
+                w = inc_t[t, p]
+                fixed_p[p] += (fill[t] + fixed_ms[t]) * w
+                spread_p[p] += (wait[t] + tail_ms[t]) * w
+                log_ok[p] += ok * w
+                log_calm[p] += calm * w
+        for p in range(n_paths):
+            path_v[i, p] = 1.0 - math.exp(log_ok[p])
+            pi_p = max(1.0 - math.exp(log_calm[p]), _TAIL)  # at least 5%: then theta's log factor below is 0
+            p95[i, p] = min(fixed_p[p] + spread_p[p] * math.log(pi_p * (1.0 / _TAIL)) / pi_p, p95_cap_ms[p])
+        total = lost = 0.0
+        for a in range(n_apps):
+            x = 0.0
+            for p in range(n_paths):
+                x += log_ok[p] * path_in_app[p, a]
+            app_v[i, a] = 1.0 - math.exp(x)
+            violated[i, a] = d[i, a] * app_v[i, a]
+            total += d[i, a]
+            lost += violated[i, a]
+        violation[i] = lost / max(total, _TINY)
+    return rho, p95, path_v, app_v, violated, violation
