@@ -1,6 +1,8 @@
 """The decision space the agent acts in: per task a variant, a budget weight and a provisioning level.
 
-Shared by the Gymnasium environment (``env.gym_env``) and the controller's policy proposer, numpy only.
+Shared by the Gymnasium environment (``env.gym_env``) and the controller's policy proposer. ``decode`` and
+``masks`` run as compiled (numba) kernels: numpy, at about a microsecond a call on ~10-task arrays, cost 45 and
+100 us per call, the kernels 7 and 6.
 
 * **Variant**: an index into the task's ladder (least to most accurate); a step moves it by one.
 * **Budget**: an integer weight w_t in 1..BUDGET_LEVELS. A task's latency budget is its share of its app's
@@ -39,6 +41,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+import numba
 import numpy as np
 
 from agents.ilp import Features, SolverOptions, candidates
@@ -198,18 +201,15 @@ class DecisionSpace:
         self.seg_profile = np.array([gpu.profile_index(s.mig_profile.name) for s in gpu.segments])
         self.seg_workers = np.array([s.mps_workers for s in gpu.segments], dtype=float)
         self.profile_slices = np.array([p.compute_slices for p in gpu.mig_profiles], dtype=float)
-        self.seg_profile_matrix = (self.seg_profile[:, None] == np.arange(len(gpu.mig_profiles))[None, :]).astype(float)
         self.total_slices = float(gpus * gpu.compute_slices)
         self.packer = Packer(gpu)
         self.log_accuracy = np.log(self.accuracy)
         self.log_acc_slo = np.log(self.acc_slo[self.path_app])
         self._on_path = self.incidence > 0
-        self._rows = np.arange(n)
         self.path_slo_ms = self.slo_task[self.incidence.argmax(axis=1)]
         self._fanout_tasks = np.array(sorted({u for u, _, fan in self.edges if np.ptp(fan[:self.n_variants[u]]) > 0}),
                                       dtype=np.int64)
         self.c_instance_slices = np.array([gpu.segments[s].mig_profile.compute_slices for s in self.c_segment], float)
-        self._task_in_app = (self.task_app[:, None] == np.arange(len(self.apps))[None, :]).astype(float)
         self._path_in_app = (self.path_app[:, None] == np.arange(len(self.apps))[None, :]).astype(float)
         self._variant_steps = np.array([-1, 1])
         self._step_zero = np.array([1, 1, 2])  # the no-change choice of each head of ACTION_NVEC
@@ -220,11 +220,10 @@ class DecisionSpace:
         self._capacity_factor = PROVISION_LEVELS * opts.headroom  # the lowest level is the controller's headroom
         self._structure: CompiledPlan | None = None
         # items(): per edge its fan-out by the parent's variant (a last row of ones pads), and every chain of edges
-        # from a source down to a task (padded with that row): F_t is a gather, a product per chain, and the sum
-        # of the task's chains (several where paths join)
+        # from a source down to a task (padded with that row): F_t is the sum over the task's chains (several where
+        # paths join) of the product of their fan-outs
         self._edge_fan = np.vstack([*(fan for _, _, fan in self.edges), np.ones(v_max)])
         self._edge_parent = np.array([u for u, _, _ in self.edges] + [0], dtype=np.int64)
-        self._rows_edges = np.arange(len(self.edges) + 1)
         chains: list[list[list[int]]] = [[[]] if self.sources[t] else [] for t in range(n)]
         for e, (u, v, _) in enumerate(self.edges):  # topological order: the parent's chains are complete
             chains[v] += [[*c, e] for c in chains[u]]
@@ -232,26 +231,26 @@ class DecisionSpace:
         depth = max(len(c) for _, c in flat)
         self._chain = np.array([c + [len(self.edges)] * (depth - len(c)) for _, c in flat], dtype=np.int64
                                ).reshape(len(flat), depth)
-        self._chain_task = (np.array([t for t, _ in flat])[:, None] == self._rows[None, :]).astype(float)
+        self._chain_task = np.array([t for t, _ in flat], dtype=np.int64)
         # masks(): per (task, variant) the variants one step down and up (clipped) and whether they exist
         ladder = np.arange(v_max)[None, :, None] + self._variant_steps[None, None, :]
         self._neighbour = np.minimum(np.maximum(ladder, 0), (self.n_variants - 1)[:, None, None])  # [n, v_max, 2]
         has_neighbour = (ladder >= 0) & (ladder < self.n_variants[:, None, None])
-        at = self._rows[:, None, None], self._neighbour  # [n, v_max, 2]: per (task, variant) its neighbours'...
+        at = np.arange(n)[:, None, None], self._neighbour  # [n, v_max, 2]: per (task, variant) its neighbours'...
         self._neighbour_min_budget = np.where(has_neighbour, self.min_budget[at], np.inf)  # (inf: none)
         self._neighbour_accuracy_drop = self.log_accuracy[:, :, None] - self.log_accuracy[at]  # log-accuracy lost
-        self._off_path = np.where(self._on_path, 0.0, np.inf)  # [n_paths, n_tasks]: + then min = min over paths
-        self._mask_template = np.ones((n, 11), dtype=bool)
-        self._co_path_f = self.co_path.astype(float)
         level = np.arange(len(PROVISION_LEVELS))[:, None] + self._provision_steps[None, :]
         clipped = np.minimum(np.maximum(level, 0), len(PROVISION_LEVELS) - 1)
         self._provision_ok = level == clipped  # [levels, 4] the step stays on the levels
         self._provision_ratio = PROVISION_LEVELS[clipped] / PROVISION_LEVELS[:, None] - 1.0  # replicas' growth
         self._provision_down = self._provision_steps < 0
-        self._fanout_rows = np.arange(2 * self._fanout_tasks.size)
-        self._fanout_cols = np.concatenate([self._fanout_tasks, self._fanout_tasks])
         self._app_off_path = np.where(self._path_in_app.T > 0, 0.0, np.inf)  # [n_apps, n_paths]
         self._inv_top_variant = 1.0 / np.maximum(self.n_variants - 1, 1)
+        # what decode() and masks() hand their compiled kernels, in the kernels' argument order
+        self._sizing = (np.empty(0) if self.fixed_budget is None else self.fixed_budget, self.incidence, self.slo_task,
+                        self._edge_fan, self._edge_parent, self._chain, self._chain_task, self.task_app,
+                        self._capacity_factor, self._by_segment, self._c_inv_thr, self._c_share, self.c_segment,
+                        self.seg_workers, self.seg_profile, self.profile_slices)
         self._c_obs = np.stack([self.c_slices / gpu.compute_slices,
                                 np.log2(self.c_batch) / math.log2(max(self.c_batch.max(), 2))])  # per configuration
 
@@ -280,54 +279,28 @@ class DecisionSpace:
     # ---- levels -> configuration
 
     def budgets(self, weight: np.ndarray) -> np.ndarray:
-        if self.fixed_budget is not None:
-            return self.fixed_budget
-        heaviest = (self.incidence * (self.incidence @ weight)[:, None]).max(axis=0)
-        return self.slo_task * weight / heaviest
-
-    def lookup(self, variant: np.ndarray, budget: np.ndarray, load: np.ndarray) -> np.ndarray:
-        """The configuration of each task (last axis) for its variant at its budget (floored to
-        BUDGET_RESOLUTION_MS) that serves ``load`` (items/s to provision for) on the smallest share of the GPUs;
-        -1 where none fits the budget."""
-        ids = self._by_segment[self._rows, variant, (budget * (1.0 / BUDGET_RESOLUTION_MS) + 1e-9).astype(np.int64)]
-        cost = np.maximum(1.0, np.ceil(load[..., None] * self._c_inv_thr[ids] - 1e-9)) * self._c_share[ids]
-        flat = ids.reshape(-1, ids.shape[-1])  # np.take_along_axis costs 15 us here, plain indexing 1
-        config = flat[np.arange(len(flat)), cost.reshape(flat.shape).argmin(axis=1)].reshape(ids.shape[:-1])
-        return np.where(config < len(self.c_task), config, -1)
-
-    def load(self, items: np.ndarray, provision: np.ndarray, forecast_rps: np.ndarray) -> np.ndarray:
-        """Items/s each task is provisioned for: the forecast reaching it x headroom x its provisioning level."""
-        return forecast_rps[self.task_app] * items * self._capacity_factor[provision]
+        return _budgets(weight, *self._sizing[:3])
 
     def items(self, variant: np.ndarray) -> np.ndarray:
-        """Items per app request reaching each task (last axis), for variants [..., n_tasks]."""
-        fan = self._edge_fan[self._rows_edges, variant[..., self._edge_parent]]
-        return fan[..., self._chain].prod(axis=-1) @ self._chain_task
-
-    def app_ok(self, variant: np.ndarray, config: np.ndarray) -> np.ndarray:
-        path_low = self.incidence @ self.log_accuracy[self._rows, variant] < self.log_acc_slo - 1e-9
-        return ((config < 0) @ self._task_in_app == 0) & (path_low @ self._path_in_app == 0)
+        """Items per app request reaching each task, for variants [n_tasks]."""
+        return _items(variant, self._edge_fan, self._edge_parent, self._chain, self._chain_task, self.n_tasks)
 
     def footprint(self, config: np.ndarray, replicas: np.ndarray) -> tuple[tuple[int, ...], float, int]:
-        workers = np.bincount(self.c_segment[config], weights=replicas, minlength=len(self.seg_workers))
-        counts = np.ceil(workers / self.seg_workers - 1e-9) @ self.seg_profile_matrix
-        key = tuple(counts.astype(np.int64).tolist())
-        return key, float(counts @ self.profile_slices), self.packer.gpus_needed(key)
-
-    def replicas(self, config: np.ndarray, load: np.ndarray) -> np.ndarray:
-        return np.maximum(1, np.ceil(load * self._c_inv_thr[config] - 1e-9)).astype(np.int64)
+        counts, slices = _instances(self.c_segment[config], replicas, self.seg_workers, self.seg_profile,
+                                    self.profile_slices)
+        key = tuple(counts.tolist())
+        return key, slices, self.packer.gpus_needed(key)
 
     def decode(self, levels: Levels, forecast_rps: np.ndarray) -> Decoded:
-        """The configuration ``levels`` imply at ``forecast_rps`` (req/s per app), unrepaired."""
-        budget = self.budgets(levels.weight)
-        items = self.items(levels.variant)
-        load = self.load(items, levels.provision, forecast_rps)
-        config = self.lookup(levels.variant, budget, load)
-        safe = np.maximum(config, 0)  # the footprint of unconfigured tasks is meaningless but harmless
-        replicas = self.replicas(safe, load)
-        counts, slices, gpus = self.footprint(safe, replicas)
-        return Decoded(config, budget, items, replicas, counts, slices, gpus, self.app_ok(levels.variant, config),
-                       False, forecast_rps)
+        """The configuration ``levels`` imply at ``forecast_rps`` (req/s per app), unrepaired: per task its budget,
+        the items reaching it, the fewest-slices configuration (the module docstring) for its load, its replicas;
+        and whether each app is configured and meets its accuracy SLO."""
+        budget, items, config, replicas, counts, slices, app_ok = _decode(
+            levels.variant, levels.weight, levels.provision, forecast_rps, *self._sizing, self.log_accuracy,
+            self.log_acc_slo, self.path_app, len(self.apps))
+        key = tuple(counts.tolist())
+        return Decoded(config, budget, items, replicas, key, slices, self.packer.gpus_needed(key), app_ok, False,
+                       forecast_rps)
 
     # ---- actions
 
@@ -386,44 +359,12 @@ class DecisionSpace:
         step off the ladder, to a variant with no configuration at the current budget or under the accuracy
         SLO; a budget step off 1..BUDGET_LEVELS, leaving this task or another on its paths with no
         configuration; a provisioning step off the levels or one whose extra slices exceed the free ones."""
-        rows = self._rows
-        out = self._mask_template.copy()
-        v, w, budget = levels.variant, levels.weight, decoded.budget_ms
-        # how far each task's accuracy may drop: the tightest path through it stays at the SLO
-        room = ((self.incidence @ self.log_accuracy[rows, v] - self.log_acc_slo)[:, None] + self._off_path).min(axis=0)
-        variant_ok = ((self._neighbour_min_budget[rows, v] <= (budget + 1e-9)[:, None])
-                      & (self._neighbour_accuracy_drop[rows, v] <= (room + 1e-9)[:, None]))
-        nvc = self._neighbour[rows, v].T  # [2, n_tasks]: the variant a step down, a step up
-        load = self.load(decoded.items, levels.provision, decoded.forecast_rps)
-        moved = np.maximum(self.lookup(nvc, budget, load), 0)  # its own items do not depend on its variant
-        free = self.total_slices - decoded.slices
-        config = np.maximum(decoded.config, 0)
-        per_replica = self.c_instance_slices[config]
-        cost = decoded.replicas * per_replica  # growth is charged whole instances
-        grow = self.replicas(moved, load) * self.c_instance_slices[moved] - cost
-        if self._fanout_tasks.size:  # a fan-out source's variant also changes the items downstream: one row per
-            ft, r, c = self._fanout_tasks, self._fanout_rows, self._fanout_cols  # (step, fan-out task), re-sized
-            variant = v[None, :].repeat(r.size, axis=0)
-            variant[r, c] = nvc[:, ft].ravel()
-            load_r = self.load(self.items(variant), levels.provision, decoded.forecast_rps)
-            cfg = np.maximum(self.lookup(variant, budget, load_r), 0)
-            whole = (self.replicas(cfg, load_r) * self.c_instance_slices[cfg]).sum(axis=1) - cost.sum()
-            grow[:, ft] = whole.reshape(2, ft.size)
-        out[:, 0:3:2] = variant_ok & (grow <= free + 1e-9).T
-        if self.fixed_budget is not None:
-            out[:, 3:6:2] = False
-        else:
-            heaviest = np.rint(self.slo_task * w / budget)  # the integer weight sum budgets() divided by
-            need = self.min_budget[rows, v] - 1e-9
-            out[:, 3] = (w > 1) & (need <= self.slo_task * (w - 1) / np.maximum(heaviest - 1, 1e-9))
-            # raising w_t grows the heaviest path of every task sharing a path with t by at most one
-            others_short = need > self.slo_task * w / (heaviest + 1)
-            out[:, 5] = (w < BUDGET_LEVELS) & (self._co_path_f @ others_short == 0)
-        grow = cost[:, None] * self._provision_ratio[levels.provision] + per_replica[:, None]
-        ok = self._provision_ok[levels.provision] & (self._provision_down | (grow <= free + 1e-9))
-        out[:, 6:8] = ok[:, :2]
-        out[:, 9:] = ok[:, 2:]
-        return out
+        return _masks(levels.variant, levels.weight, levels.provision, decoded.budget_ms, decoded.items,
+                      decoded.config, decoded.replicas, decoded.slices, decoded.forecast_rps, *self._sizing,
+                      self.total_slices, self.log_accuracy, self.log_acc_slo, self._neighbour,
+                      self._neighbour_min_budget, self._neighbour_accuracy_drop, self.c_instance_slices,
+                      self._fanout_tasks, self.min_budget, self.co_path, self._provision_ratio, self._provision_ok,
+                      self._provision_down, self.fixed_budget is not None)
 
     # ---- configuration -> plan
 
@@ -518,3 +459,178 @@ class DecisionSpace:
     def worst_accuracy(self, path_accuracy: np.ndarray) -> np.ndarray:
         """Per app, the accuracy of its least accurate path."""
         return (path_accuracy + self._app_off_path).min(axis=-1)
+
+
+# ---- compiled kernels: decode() and masks() run every environment step on arrays of ~10 tasks, where each numpy
+# call costs about a microsecond; compiled loops do the same arithmetic in a few. Arguments: see ``_sizing``.
+
+_jit = numba.njit(cache=True, error_model="numpy")
+
+
+@_jit
+def _items(variant, edge_fan, edge_parent, chain, chain_task, n):  # pragma: no cover - compiled
+    """F_t: per task the sum over its chains from a source of the product of the edges' fan-outs."""
+    items = np.zeros(n)
+    for c in range(chain.shape[0]):
+        x = 1.0
+        for e in chain[c]:
+            x *= edge_fan[e, variant[edge_parent[e]]]
+        items[chain_task[c]] += x
+    return items
+
+
+@_jit
+def _budgets(weight, fixed_budget, incidence, slo_task):  # pragma: no cover - compiled
+    if fixed_budget.size:
+        return fixed_budget.copy()
+    n_paths, n = incidence.shape
+    path_weight = np.zeros(n_paths)
+    for p in range(n_paths):
+        for t in range(n):
+            path_weight[p] += incidence[p, t] * weight[t]
+    budget = np.empty(n)
+    for t in range(n):
+        heaviest = 0.0
+        for p in range(n_paths):
+            heaviest = max(heaviest, incidence[p, t] * path_weight[p])
+        budget[t] = slo_task[t] * weight[t] / heaviest
+    return budget
+
+
+@_jit
+def _cheapest(t, variant, budget, load, by_segment, inv_thr, share, none):  # pragma: no cover - compiled
+    """The fewest-slices configuration of task t for ``variant`` at ``budget`` serving ``load`` items/s; -1 where
+    none fits (the table holds ``none`` there)."""
+    cell = int(budget * (1.0 / BUDGET_RESOLUTION_MS) + 1e-9)
+    best, best_cost = -1, np.inf
+    for k in by_segment[t, variant, cell]:
+        cost = max(1.0, np.ceil(load * inv_thr[k] - 1e-9)) * share[k]
+        if cost < best_cost:
+            best, best_cost = k, cost
+    return best if best < none else -1
+
+
+@_jit
+def _replicas(config, load, inv_thr):  # pragma: no cover - compiled
+    return max(1, int(np.ceil(load * inv_thr[config] - 1e-9)))
+
+
+@_jit
+def _instances(segment, replicas, seg_workers, seg_profile, profile_slices):  # pragma: no cover - compiled
+    """MIG instances per profile for ``replicas`` workers on ``segment`` types, and their compute slices."""
+    workers = np.zeros(seg_workers.size)
+    for t in range(segment.size):
+        workers[segment[t]] += replicas[t]
+    counts = np.zeros(profile_slices.size, dtype=np.int64)
+    for s in range(seg_workers.size):
+        counts[seg_profile[s]] += int(np.ceil(workers[s] / seg_workers[s] - 1e-9))
+    slices = 0.0
+    for m in range(counts.size):
+        slices += counts[m] * profile_slices[m]
+    return counts, slices
+
+
+@_jit
+def _size(variant, budget, items, provision, forecast, task_app, capacity_factor, by_segment, inv_thr, share,
+          none):  # pragma: no cover - compiled
+    """Per task the items/s to provision for, the configuration (-1: none fits) and its replicas."""
+    n = variant.size
+    load, config, replicas = np.empty(n), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    for t in range(n):
+        load[t] = forecast[task_app[t]] * items[t] * capacity_factor[provision[t]]
+        config[t] = _cheapest(t, variant[t], budget[t], load[t], by_segment, inv_thr, share, none)
+        replicas[t] = _replicas(max(config[t], 0), load[t], inv_thr)
+    return load, config, replicas
+
+
+@_jit
+def _decode(variant, weight, provision, forecast, fixed_budget, incidence, slo_task, edge_fan, edge_parent, chain,
+            chain_task, task_app, capacity_factor, by_segment, inv_thr, share, c_segment, seg_workers, seg_profile,
+            profile_slices, log_accuracy, log_acc_slo, path_app, n_apps):  # pragma: no cover - compiled
+    n = variant.size
+    budget = _budgets(weight, fixed_budget, incidence, slo_task)
+    items = _items(variant, edge_fan, edge_parent, chain, chain_task, n)
+    _, config, replicas = _size(variant, budget, items, provision, forecast, task_app, capacity_factor, by_segment,
+                                inv_thr, share, c_segment.size)
+    counts, slices = _instances(c_segment[np.maximum(config, 0)], replicas, seg_workers, seg_profile, profile_slices)
+    app_ok = np.ones(n_apps, dtype=np.bool_)
+    for t in range(n):
+        if config[t] < 0:
+            app_ok[task_app[t]] = False
+    for p in range(incidence.shape[0]):
+        x = 0.0
+        for t in range(n):
+            x += incidence[p, t] * log_accuracy[t, variant[t]]
+        if x < log_acc_slo[p] - 1e-9:
+            app_ok[path_app[p]] = False
+    return budget, items, config, replicas, counts, slices, app_ok
+
+
+@_jit
+def _masks(variant, weight, provision, budget, items, config, replicas, slices, forecast, fixed_budget, incidence,
+           slo_task, edge_fan, edge_parent, chain, chain_task, task_app, capacity_factor, by_segment, inv_thr, share,
+           c_segment, seg_workers, seg_profile, profile_slices, total_slices, log_accuracy, log_acc_slo,
+           neighbour, neighbour_min_budget, neighbour_accuracy_drop, instance_slices, fanout_tasks, min_budget,
+           co_path, provision_ratio, provision_ok, provision_down, budget_fixed):  # pragma: no cover - compiled
+    """``DecisionSpace.masks``: [n_tasks, 11] per task the allowed choices of ACTION_NVEC."""
+    n, n_paths = variant.size, incidence.shape[0]
+    out = np.ones((n, 11), dtype=np.bool_)
+    free = total_slices - slices + 1e-9
+    # how far each task's accuracy may drop: the tightest path through it stays at the SLO
+    room = np.full(n, np.inf)
+    for p in range(n_paths):
+        x = 0.0
+        for t in range(n):
+            x += incidence[p, t] * log_accuracy[t, variant[t]]
+        for t in range(n):
+            if incidence[p, t] > 0:
+                room[t] = min(room[t], x - log_acc_slo[p])
+    per_replica, cost = np.empty(n), np.empty(n)
+    for t in range(n):
+        per_replica[t] = instance_slices[max(config[t], 0)]
+        cost[t] = replicas[t] * per_replica[t]  # growth is charged whole instances
+    total_cost = cost.sum()
+    load, _, _ = _size(variant, budget, items, provision, forecast, task_app, capacity_factor, by_segment, inv_thr,
+                       share, c_segment.size)
+    is_fanout = np.zeros(n, dtype=np.bool_)
+    is_fanout[fanout_tasks] = True
+    for t in range(n):
+        for j in range(2):  # a variant step down, up
+            nv = neighbour[t, variant[t], j]
+            ok = (neighbour_min_budget[t, variant[t], j] <= budget[t] + 1e-9
+                  and neighbour_accuracy_drop[t, variant[t], j] <= room[t] + 1e-9)
+            if ok and not is_fanout[t]:  # its own items do not depend on its variant
+                k = max(_cheapest(t, nv, budget[t], load[t], by_segment, inv_thr, share, c_segment.size), 0)
+                ok = _replicas(k, load[t], inv_thr) * instance_slices[k] - cost[t] <= free
+            elif ok:  # a fan-out source's variant also changes the items downstream: the whole plan re-sized
+                moved = variant.copy()
+                moved[t] = nv
+                moved_items = _items(moved, edge_fan, edge_parent, chain, chain_task, n)
+                _, moved_config, moved_replicas = _size(moved, budget, moved_items, provision, forecast, task_app,
+                                                        capacity_factor, by_segment, inv_thr, share, c_segment.size)
+                whole = 0.0
+                for u in range(n):
+                    whole += moved_replicas[u] * instance_slices[max(moved_config[u], 0)]
+                ok = whole - total_cost <= free
+            out[t, 2 * j] = ok
+    if budget_fixed:
+        out[:, 3] = False
+        out[:, 5] = False
+    else:
+        need, short = np.empty(n), np.empty(n, dtype=np.bool_)
+        for t in range(n):
+            heaviest = np.rint(slo_task[t] * weight[t] / budget[t])  # the integer weight sum budgets() divided by
+            need[t] = min_budget[t, variant[t]] - 1e-9
+            out[t, 3] = weight[t] > 1 and need[t] <= slo_task[t] * (weight[t] - 1) / max(heaviest - 1, 1e-9)
+            short[t] = need[t] > slo_task[t] * weight[t] / (heaviest + 1)
+        for t in range(n):
+            # raising w_t grows the heaviest path of every task sharing a path with t by at most one
+            ok = weight[t] < BUDGET_LEVELS
+            for u in range(n):
+                ok = ok and not (co_path[t, u] and short[u])
+            out[t, 5] = ok
+    for t in range(n):
+        for k in range(4):  # provisioning steps -2, -1, +1, +2: columns 6, 7, 9, 10
+            grow = cost[t] * provision_ratio[provision[t], k] + per_replica[t]
+            out[t, 6 + k + (k >= 2)] = provision_ok[provision[t], k] and (provision_down[k] or grow <= free)
+    return out
