@@ -130,23 +130,10 @@ class CompiledPlan:
     _ancestors: np.ndarray  # [n_tasks, n_tasks]: x @ it = per task the sum of x over its ancestors
     _source: np.ndarray  # 1 where the task has no parent
     _task_slo_ms: np.ndarray  # the latency SLO of the task's app
-    _app_task: np.ndarray  # [n_apps, n_tasks] 1 where the task is the app's
     _sink: np.ndarray  # [n_paths] the task that ends the path
     # per configuration:
     _lam_matrix: np.ndarray  # [n_apps, n_tasks] demand @ it = items/s reaching one replica (F_t / n_t in t's app row)
-    _inv_thr: np.ndarray  # 1 / thr_t
-    _fill_ms_rps: np.ndarray  # 1000 kappa_b
-    _timeout_ms: np.ndarray  # tau_t
-    _lam_cap: np.ndarray  # RHO_MAX thr_t: the load the fill wait is evaluated at, at most
-    _mean_ms: np.ndarray  # E[S] = mu_t
-    _fixed_ms: np.ndarray  # d_t
-    _tail_ms: np.ndarray  # m_t
-    _inv_tail: np.ndarray  # 1 / m_t (1 / _TINY where there is no tail)
-    _tail_flag: np.ndarray  # 1 where the service time has a tail
-    _coef: np.ndarray  # 2 / (k E[S]): g = coef (1 - rho), c = coef rho
-    _over_ms: np.ndarray  # o_t = k E[S] / 2
-    _slack_ms: np.ndarray  # SLO - rem_t
-    _slo_tail_ms: np.ndarray  # SLO + m_t
+    _per_task: np.ndarray  # [13, n_tasks]: per task the rows _derive names (1 / thr, 1000 kappa_b, ...)
     _p95_cap_ms: np.ndarray  # [n_paths] SLO + p95 - d of the path's last task
     _fixed_outputs: tuple[np.ndarray, np.ndarray, np.ndarray]  # read-only path accuracy, slices, GPUs
 
@@ -261,7 +248,6 @@ def compile_plan(catalog: Catalog, plan: Plan) -> CompiledPlan:
         _on_path=on_path, _downstream=np.ascontiguousarray(downstream.reshape(n_tasks * n_paths, n_tasks).T),
         _ancestors=ancestors, _source=np.array([float(k not in parents) for k in task_keys]),
         _task_slo_ms=np.array([catalog.apps[a].latency_slo_ms for a, _ in task_keys]),
-        _app_task=(arr["app"][None, :] == np.arange(len(app_names))[:, None]).astype(float),
         _sink=np.array([index[(a, p[-1])] for a, p in path_keys], dtype=np.intp),
         **{f.name: None for f in fields(CompiledPlan) if f.name in _PER_PLAN})  # type: ignore[arg-type]
     return with_configs(structure, p50_ms=arr["p50"], p95_ms=arr["p95"], throughput_rps=arr["thr"],
@@ -271,9 +257,8 @@ def compile_plan(catalog: Catalog, plan: Plan) -> CompiledPlan:
 
 # the fields with_configs derives; the rest is the plan's structure (apps, tasks, paths), fixed per app set
 _PER_PLAN = frozenset({"p50_ms", "p95_ms", "throughput_rps", "replicas", "batch", "budget_ms", "items_per_request",
-                       "accuracy", "path_accuracy", "slices_used", "gpus_used", "_lam_matrix", "_inv_thr",
-                       "_fill_ms_rps", "_timeout_ms", "_lam_cap", "_mean_ms", "_fixed_ms", "_tail_ms", "_inv_tail",
-                       "_tail_flag", "_coef", "_over_ms", "_slack_ms", "_slo_tail_ms", "_p95_cap_ms", "_fixed_outputs"})
+                       "accuracy", "path_accuracy", "slices_used", "gpus_used", "_lam_matrix", "_per_task",
+                       "_p95_cap_ms", "_fixed_outputs"})
 
 
 def service_rows(p95_ms: np.ndarray, throughput_rps: np.ndarray, batch: np.ndarray) -> np.ndarray:
@@ -300,29 +285,54 @@ def with_configs(structure: CompiledPlan, *, p50_ms: np.ndarray, p95_ms: np.ndar
     s = structure
     if service is None:
         service = service_rows(p95_ms, throughput_rps, batch)
-    mu, tail, fixed, inv_thr, lam_cap, fill_ms_rps, inv_tail, tail_flag, cs2, inv_batch = service
-    ca2 = inv_batch / (1.0 + (replicas - 1.0) * s._source)
-    coef = 2.0 / ((ca2 + cs2) * mu)  # 2 / (k E[S])
-    path_acc = np.exp(np.log(accuracy) @ s._inc_t)
+    per_task, lam_matrix, p95_cap, path_acc = _derive(
+        service, replicas, budget_ms, p95_ms, items_per_request, accuracy, s._source, s.task_app, len(s.app_names),
+        s._task_slo_ms, s._inc_t, s._downstream, s._on_path, s.latency_slo_ms, s._sink)
     out = object.__new__(CompiledPlan)  # dataclasses.replace costs ~10 us on this many fields; the hot path
     out.__dict__.update(s.__dict__)
     out.__dict__.update(
         p50_ms=p50_ms, p95_ms=p95_ms, throughput_rps=throughput_rps, replicas=replicas, batch=batch,
         budget_ms=budget_ms, items_per_request=items_per_request, accuracy=accuracy, path_accuracy=path_acc,
-        slices_used=slices_used, gpus_used=gpus_used,
-        _lam_matrix=s._app_task * (items_per_request / replicas), _inv_thr=inv_thr, _lam_cap=lam_cap,
-        _fill_ms_rps=fill_ms_rps, _timeout_ms=BATCH_TIMEOUT_SHARE * np.maximum(0.0, budget_ms - p95_ms),
-        _mean_ms=mu, _fixed_ms=fixed, _tail_ms=tail, _inv_tail=inv_tail, _tail_flag=tail_flag,
-        _coef=coef, _over_ms=1.0 / coef, _slo_tail_ms=s._task_slo_ms + tail,
-        _slack_ms=s._task_slo_ms - _longest_through(fixed @ s._downstream, s._on_path),
-        _p95_cap_ms=s.latency_slo_ms + (p95_ms - fixed)[s._sink],
+        slices_used=slices_used, gpus_used=gpus_used, _lam_matrix=lam_matrix, _per_task=per_task,
+        _p95_cap_ms=p95_cap,
         _fixed_outputs=(_read_only(path_acc), _read_only(np.array(slices_used)), _read_only(np.array(gpus_used))))
     return out
 
 
-def _longest_through(per_pair: np.ndarray, on_path: np.ndarray) -> np.ndarray:
-    """Per task, the largest of ``per_pair`` ([..., n_tasks * n_paths], task-major) over the paths it is on."""
-    return (per_pair.reshape(per_pair.shape[:-1] + on_path.shape) + on_path).max(axis=-1)
+@numba.njit(cache=True, error_model="numpy")
+def _derive(service, replicas, budget_ms, p95_ms, items, accuracy, source, task_app, n_apps, task_slo_ms, inc_t,
+            downstream, on_path, latency_slo_ms, sink):  # pragma: no cover - compiled
+    """What ``evaluate`` reads of a plan's configurations (the module docstring's symbols): per task the rows
+    1 / thr, 1000 kappa_b, the fill's load cap, tau, SLO - rem, E[S], 2 / (k E[S]), o = k E[S] / 2, SLO + m,
+    1 / m, d, m, 1 where m > 0; the arrival matrix; per path the p95 cap and the accuracy."""
+    mu, tail, fixed, inv_thr, lam_cap, fill_ms_rps, inv_tail, tail_flag, cs2, inv_batch = service
+    n, n_paths = inc_t.shape
+    per_task = np.empty((13, n))
+    lam_matrix = np.zeros((n_apps, n))
+    for t in range(n):
+        ca2 = inv_batch[t] / (1.0 + (replicas[t] - 1.0) * source[t])
+        coef = 2.0 / ((ca2 + cs2[t]) * mu[t])  # 2 / (k E[S])
+        rem = -np.inf  # the longest chain of fixed service times from t to a sink
+        for p in range(n_paths):
+            if on_path[t, p] == 0.0:
+                x = 0.0
+                for u in range(n):
+                    x += fixed[u] * downstream[u, t * n_paths + p]
+                rem = max(rem, x)
+        row = (inv_thr[t], fill_ms_rps[t], lam_cap[t], BATCH_TIMEOUT_SHARE * max(0.0, budget_ms[t] - p95_ms[t]),
+               task_slo_ms[t] - rem, mu[t], coef, 1.0 / coef, task_slo_ms[t] + tail[t], inv_tail[t], fixed[t], tail[t],
+               tail_flag[t])
+        for k in range(13):
+            per_task[k, t] = row[k]
+        lam_matrix[task_app[t], t] = items[t] / replicas[t]
+    p95_cap, path_acc = np.empty(n_paths), np.empty(n_paths)
+    for p in range(n_paths):
+        p95_cap[p] = latency_slo_ms[p] + (p95_ms[sink[p]] - fixed[sink[p]])
+        x = 0.0
+        for t in range(n):
+            x += math.log(accuracy[t]) * inc_t[t, p]
+        path_acc[p] = math.exp(x)
+    return per_task, lam_matrix, p95_cap, path_acc
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
@@ -392,9 +402,8 @@ def evaluate(compiled: CompiledPlan, demand_rps: np.ndarray) -> Metrics:
     if d.shape[-1:] != (len(c.app_names),):
         raise ValueError(f"demand_rps has shape {d.shape}; the last axis must be the {len(c.app_names)} apps")
     rho, p95, path_v, app_v, violated, violation = _evaluate_rows(
-        np.ascontiguousarray(d.reshape(-1, d.shape[-1])), c._lam_matrix, c._inv_thr, c._fill_ms_rps, c._lam_cap,
-        c._timeout_ms, c._slack_ms, c._mean_ms, c._ancestors, c._coef, c._over_ms, c._inc_t, c._on_path,
-        c._slo_tail_ms, c._inv_tail, c._fixed_ms, c._tail_ms, c._tail_flag, c._p95_cap_ms, c._path_in_app)
+        np.ascontiguousarray(d.reshape(-1, d.shape[-1])), c._lam_matrix, c._per_task, c._ancestors, c._inc_t,
+        c._on_path, c._p95_cap_ms, c._path_in_app)
     lead = d.shape[:-1]
     if d.ndim == 1:  # one demand: the compiled read-only constants as they are
         accuracy, slices, gpus = c._fixed_outputs
@@ -408,11 +417,12 @@ def evaluate(compiled: CompiledPlan, demand_rps: np.ndarray) -> Metrics:
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _evaluate_rows(d, lam_matrix, inv_thr, fill_ms_rps, lam_cap, timeout_ms, slack_ms, mean_ms, ancestors, coef,
-                   over_ms, inc_t, on_path, slo_tail_ms, inv_tail, fixed_ms, tail_ms, tail_flag, p95_cap_ms,
-                   path_in_app):  # pragma: no cover - compiled
+def _evaluate_rows(d, lam_matrix, per_task, ancestors, inc_t, on_path, p95_cap_ms, path_in_app
+                   ):  # pragma: no cover - compiled
     """``evaluate`` for demands [n_demands, n_apps], one row at a time: the module docstring's model, in its
     symbols. Compiled: on 9 tasks the same arithmetic as numpy array calls took ~60 calls of ~1 us each."""
+    (inv_thr, fill_ms_rps, lam_cap, timeout_ms, slack_ms, mean_ms, coef, over_ms, slo_tail_ms, inv_tail, fixed_ms,
+     tail_ms, tail_flag) = per_task
     n_d, n_apps = d.shape
     n, n_paths = inc_t.shape
     rho = np.empty((n_d, n))
