@@ -439,22 +439,10 @@ class DecisionSpace:
         worker, log batch, provisioning level, utilisation (``metrics`` of the last interval) and share of the
         cluster; per path p95 / SLO and violation; slices and GPUs used over the cluster's. Scaled to about
         [0, 1], clipped to [0, OBS_HIGH], float32."""
-        n, n_paths, head = self.n_tasks, self.incidence.shape[0], demand_features.shape[-1]
-        obs = np.empty(self.observation_size)
-        obs[:head] = demand_features
-        task = obs[head:head + 8 * n].reshape(8, n)
-        task[0] = levels.variant * self._inv_top_variant
-        task[1] = levels.weight * (1.0 / BUDGET_LEVELS)
-        task[2] = d.budget_ms / self.slo_task
-        task[3:5] = self._c_obs[:, d.config]  # slices per worker, log batch
-        task[5] = levels.provision * (1.0 / (len(PROVISION_LEVELS) - 1))
-        task[6] = metrics.utilisation
-        task[7] = d.replicas * self.c_slices[d.config] * (1.0 / self.total_slices)
-        rest = head + 8 * n
-        obs[rest:rest + n_paths] = np.fmin(metrics.path_p95_ms / self.path_slo_ms, OBS_HIGH)
-        obs[rest + n_paths:rest + 2 * n_paths] = metrics.path_violation
-        obs[-2:] = d.slices / self.total_slices, d.gpus / self.n_gpus
-        return np.minimum(np.maximum(obs, 0.0), OBS_HIGH).astype(np.float32)
+        return _observation(self.observation_size, demand_features, levels.variant, levels.weight, levels.provision,
+                            d.budget_ms, d.config, d.replicas, float(d.slices), d.gpus, metrics.utilisation,
+                            metrics.path_p95_ms, metrics.path_violation, self._inv_top_variant, self.slo_task,
+                            self._c_obs, self.c_slices, self.total_slices, self.n_gpus, self.path_slo_ms)
 
     def worst_accuracy(self, path_accuracy: np.ndarray) -> np.ndarray:
         """Per app, the accuracy of its least accurate path."""
@@ -634,3 +622,31 @@ def _masks(variant, weight, provision, budget, items, config, replicas, slices, 
             grow = cost[t] * provision_ratio[provision[t], k] + per_replica[t]
             out[t, 6 + k + (k >= 2)] = provision_ok[provision[t], k] and (provision_down[k] or grow <= free)
     return out
+
+
+@_jit
+def _observation(size, demand_features, variant, weight, provision, budget, config, replicas, slices, gpus,
+                 utilisation, path_p95, path_violation, inv_top_variant, slo_task, c_obs, c_slices, total_slices,
+                 n_gpus, path_slo):  # pragma: no cover - compiled
+    """``DecisionSpace.observation``'s vector, in its order."""
+    n, n_paths, head = variant.size, path_slo.size, demand_features.size
+    obs = np.empty(size)
+    obs[:head] = demand_features
+    for t in range(n):
+        k = config[t]
+        obs[head + t] = variant[t] * inv_top_variant[t]
+        obs[head + n + t] = weight[t] * (1.0 / BUDGET_LEVELS)
+        obs[head + 2 * n + t] = budget[t] / slo_task[t]
+        obs[head + 3 * n + t] = c_obs[0, k]  # slices per worker
+        obs[head + 4 * n + t] = c_obs[1, k]  # log batch
+        obs[head + 5 * n + t] = provision[t] * (1.0 / (PROVISION_LEVELS.size - 1))
+        obs[head + 6 * n + t] = utilisation[t]
+        obs[head + 7 * n + t] = replicas[t] * c_slices[k] * (1.0 / total_slices)
+    rest = head + 8 * n
+    for p in range(n_paths):
+        x = path_p95[p] / path_slo[p]
+        obs[rest + p] = x if x < OBS_HIGH else OBS_HIGH  # as np.fmin: NaN (nothing served) reads as the cap
+        obs[rest + n_paths + p] = path_violation[p]
+    obs[-2] = slices / total_slices
+    obs[-1] = gpus / n_gpus
+    return np.minimum(np.maximum(obs, 0.0), OBS_HIGH).astype(np.float32)
