@@ -12,11 +12,13 @@ Shared by the Gymnasium environment (``env.gym_env``) and the controller's polic
   among the task's configurations (the ILP's candidates, ``agents.ilp.candidates``) whose allowance x p95
   fits the budget (floored to BUDGET_RESOLUTION_MS), the one whose workers for the load take the smallest share
   of the GPUs:
-  max(1, ceil(load / throughput)) x a worker's share, in compute slices or memory slots where those are
-  scarcer (a 1g.20gb instance holds a seventh of an H100's compute but a quarter of its memory; counted by
-  compute alone, plans of 1g.20gb filled the GPUs at 4 of 7 slices each); ties go to the most items/s per
-  slice. (The load-blind rule, the most items/s per slice, put a light task on one worker of a big segment:
-  with the ILP's own variants and budgets, its plans took 1.4-1.6x the ILP's slices; this rule, 1.1-1.4x.)
+  max(1, ceil(load / throughput)) x a worker's share; ties go to the most items/s per slice. A worker's share
+  is its compute slices (what the plan is charged) if the plan so sized fits the GPUs; otherwise memory counts
+  too, as little as makes it fit: share = compute + lambda x (the share in memory slots where those are
+  scarcer - compute), lambda the least of SHARE_LADDER that fits (1g.20gb holds a seventh of an H100's compute
+  but a quarter of its memory: sized by compute alone, plans of 1g.20gb filled the GPUs at 4 of 7 slices each).
+  With the ILP's own variants and budgets, plans took 1.4-1.6x the ILP's slices under the load-blind rule (most
+  items/s per slice), 1.2x under this rule with memory always counted (lambda = 1), 1.05x with the ladder.
 * **Provisioning**: an index into PROVISION_LEVELS, capacity over the forecast items/s beyond the headroom
   (``SolverOptions.headroom``, the capacity the controller's check demands); replicas =
   max(1, ceil(forecast_rps * F_t * headroom * level / throughput)), so no level proposes a plan the check
@@ -28,9 +30,10 @@ Shared by the Gymnasium environment (``env.gym_env``) and the controller's polic
 Instances: workers of one segment type share instances (ceil(workers / MPS workers per instance)), packed
 greedily onto GPUs (``env.packing``). A step that makes an app infeasible (no configuration fits a budget,
 or a path under the accuracy SLO) is undone for that app; one that does not fit the GPUs has its
-provisioning undone, then drops to the lowest level, then, if demand alone exceeds the cluster, scales all
-replicas down until the plan fits (the plan is then overloaded: the performance model counts the excess
-as violated).
+provisioning undone, then drops to the lowest level, then has its variant raises undone, then steps variants
+down (``_fit_by_variants``: cheaper variants within the accuracy SLOs, as the ILP would choose), then, if demand
+alone exceeds the cluster, scales all replicas down until the plan fits (the plan is then overloaded: the
+performance model counts the excess as violated).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ _NONE = 1e12  # the cost of "no configuration fits": more than any plan's slices
 HISTORY = 2  # intervals of measured demand the forecast and the observation see
 OBS_HIGH = 4.0  # observation features are scaled to about [0, 1] and clipped to [0, OBS_HIGH]
 SQUEEZE_STEP, SQUEEZE_TRIES = 0.95, 40  # an overloaded plan shrinks 5 % at a time (0.95^40 = 0.13)
+SHARE_LADDER = np.linspace(0.0, 1.0, 9)  # how much memory counts in a worker's share (the module docstring)
 
 
 def forecast_rps(history: np.ndarray, peak: np.ndarray | None = None) -> np.ndarray:
@@ -101,6 +105,7 @@ class Decoded:
     app_ok: np.ndarray  # [n_apps] every task configured and every path meets the accuracy SLO
     overloaded: bool  # replicas were scaled down below what the forecast needs to fit the GPUs
     forecast_rps: np.ndarray  # the demand the replicas were sized for
+    share_level: int  # the index into SHARE_LADDER the configurations were chosen with
 
 
 class DecisionSpace:
@@ -193,10 +198,13 @@ class DecisionSpace:
             for k, cell in zip(ks, first, strict=True):
                 column = self._by_segment[ti, v, cell:, self.c_segment[k]]  # the budgets k fits
                 column[(column == none) | (self.c_thr[np.minimum(column, none - 1)] < self.c_thr[k])] = k
-        # per configuration (and none): 1 / items/s, and a worker's share of a GPU in slices (see the module
-        # docstring) plus a millionth per place in the items/s-per-slice ranking, which breaks ties
+        # per configuration (and none): 1 / items/s, and per step of SHARE_LADDER a worker's share of a GPU in
+        # slices (see the module docstring) plus a millionth per place in the items/s-per-slice ranking (ties)
         self._c_inv_thr = np.append(1.0 / self.c_thr, 0.0)
-        self._c_share = np.append(gpu_share[self.c_segment] + 1e-6 * np.array([rank[k] for k in range(none)]), _NONE)
+        compute = np.array([s.slices for s in gpu.segments])[self.c_segment]
+        shares = (compute + SHARE_LADDER[:, None] * (gpu_share[self.c_segment] - compute)
+                  + 1e-6 * np.array([rank[k] for k in range(none)]))
+        self._shares = np.hstack([shares, np.full((len(SHARE_LADDER), 1), _NONE)])
         self.c_service = service_rows(self.c_p95, self.c_thr, self.c_batch)
         self.seg_profile = np.array([gpu.profile_index(s.mig_profile.name) for s in gpu.segments])
         self.seg_workers = np.array([s.mps_workers for s in gpu.segments], dtype=float)
@@ -249,7 +257,7 @@ class DecisionSpace:
         # what decode() and masks() hand their compiled kernels, in the kernels' argument order
         self._sizing = (np.empty(0) if self.fixed_budget is None else self.fixed_budget, self.incidence, self.slo_task,
                         self._edge_fan, self._edge_parent, self._chain, self._chain_task, self.task_app,
-                        self._capacity_factor, self._by_segment, self._c_inv_thr, self._c_share, self.c_segment,
+                        self._capacity_factor, self._by_segment, self._c_inv_thr, self.c_segment,
                         self.seg_workers, self.seg_profile, self.profile_slices)
         self._c_obs = np.stack([self.c_slices / gpu.compute_slices,
                                 np.log2(self.c_batch) / math.log2(max(self.c_batch.max(), 2))])  # per configuration
@@ -296,11 +304,21 @@ class DecisionSpace:
         the items reaching it, the fewest-slices configuration (the module docstring) for its load, its replicas;
         and whether each app is configured and meets its accuracy SLO."""
         budget, items, config, replicas, counts, slices, app_ok = _decode(
-            levels.variant, levels.weight, levels.provision, forecast_rps, *self._sizing, self.log_accuracy,
-            self.log_acc_slo, self.path_app, len(self.apps))
-        key = tuple(counts.tolist())
-        return Decoded(config, budget, items, replicas, key, slices, self.packer.gpus_needed(key), app_ok, False,
-                       forecast_rps)
+            levels.variant, levels.weight, levels.provision, forecast_rps, self._shares, *self._sizing,
+            self.log_accuracy, self.log_acc_slo, self.path_app, len(self.apps))
+        rows = counts.tolist()
+        gpus = [self.packer.gpus_needed(tuple(rows[0])), *([0] * (len(rows) - 1))]  # filled as probed
+        low, high = 0, len(rows) - 1
+        if gpus[low] <= self.n_gpus:
+            high = low
+        else:
+            gpus[high] = self.packer.gpus_needed(tuple(rows[high]))
+            while gpus[high] <= self.n_gpus and high - low > 1:  # low does not fit, high does: bisect (fitting is
+                mid = (low + high) // 2  # about monotone in the level)
+                gpus[mid] = self.packer.gpus_needed(tuple(rows[mid]))
+                low, high = (low, mid) if gpus[mid] <= self.n_gpus else (mid, high)
+        return Decoded(config[high], budget, items, replicas[high], tuple(rows[high]), float(slices[high]), gpus[high],
+                       app_ok, False, forecast_rps, high)
 
     # ---- actions
 
@@ -332,7 +350,15 @@ class DecisionSpace:
                 if decoded.gpus <= self.n_gpus:
                     break
             else:
-                decoded = self._squeeze(decoded)
+                lowered = proposed.replace(variant=np.minimum(proposed.variant, previous.variant))
+                if not np.array_equal(lowered.variant, proposed.variant):  # undo this step's variant raises
+                    d = self.decode(lowered, forecast_rps)
+                    if d.app_ok.all():
+                        proposed, decoded, repairs = lowered, d, repairs + 1
+                proposed, decoded, steps = self._fit_by_variants(proposed, decoded, forecast_rps)
+                repairs += steps
+                if decoded.gpus > self.n_gpus:
+                    decoded = self._squeeze(decoded)
                 if decoded.gpus > self.n_gpus and not proposed.same_configuration(previous):
                     # one replica each is too much: keep the previous configuration, which fitted
                     repairs += 1
@@ -340,6 +366,31 @@ class DecisionSpace:
                     proposed, decoded, more = self.repair(previous, previous, forecast_rps)
                     repairs += more
         return proposed, decoded, repairs
+
+    def _fit_by_variants(self, levels: Levels, decoded: Decoded, forecast_rps: np.ndarray
+                         ) -> tuple[Levels, Decoded, int]:
+        """Step variants down, one task at a time, until the plan fits the GPUs: each time the task taking the most
+        slices whose next variant down keeps every path within its accuracy SLO and frees slices."""
+        steps, rows = 0, np.arange(self.n_tasks)
+        while decoded.gpus > self.n_gpus:
+            v = levels.variant
+            # the masks' test of a step down: a configuration at the budget, and the tightest path's accuracy room
+            path_room = self.incidence @ self.log_accuracy[rows, v] - self.log_acc_slo
+            room = np.where(self._on_path, path_room[:, None], np.inf).min(axis=0)
+            can = ((v > 0) & (self._neighbour_accuracy_drop[rows, v, 0] <= room + 1e-9)
+                   & (self._neighbour_min_budget[rows, v, 0] <= decoded.budget_ms + 1e-9))
+            taken = decoded.replicas * self.c_instance_slices[np.maximum(decoded.config, 0)]
+            for t in np.flatnonzero(can)[np.argsort(-taken[can], kind="stable")]:
+                variant = v.copy()
+                variant[t] -= 1
+                trial = levels.replace(variant=variant)
+                d = self.decode(trial, forecast_rps)
+                if d.app_ok.all() and d.slices < decoded.slices:
+                    levels, decoded, steps = trial, d, steps + 1
+                    break
+            else:
+                break
+        return levels, decoded, steps
 
     def _squeeze(self, d: Decoded) -> Decoded:
         """Scale replicas down by a common factor, from the share of slices that fit, until the plan fits."""
@@ -351,7 +402,8 @@ class DecisionSpace:
             if gpus <= self.n_gpus:
                 break
             factor *= SQUEEZE_STEP
-        return Decoded(d.config, d.budget_ms, d.items, reps, counts, slices, gpus, d.app_ok, True, d.forecast_rps)
+        return Decoded(d.config, d.budget_ms, d.items, reps, counts, slices, gpus, d.app_ok, True, d.forecast_rps,
+                       d.share_level)
 
     def masks(self, levels: Levels, decoded: Decoded) -> np.ndarray:
         """[n_tasks, 11] booleans, per task the 3 + 3 + 5 choices of ACTION_NVEC that are allowed. Conservative
@@ -360,7 +412,8 @@ class DecisionSpace:
         SLO; a budget step off 1..BUDGET_LEVELS, leaving this task or another on its paths with no
         configuration; a provisioning step off the levels or one whose extra slices exceed the free ones."""
         return _masks(levels.variant, levels.weight, levels.provision, decoded.budget_ms, decoded.items,
-                      decoded.config, decoded.replicas, decoded.slices, decoded.forecast_rps, *self._sizing,
+                      decoded.config, decoded.replicas, decoded.slices, decoded.forecast_rps,
+                      self._shares[decoded.share_level:decoded.share_level + 1], *self._sizing,
                       self.total_slices, self.log_accuracy, self.log_acc_slo, self._neighbour,
                       self._neighbour_min_budget, self._neighbour_accuracy_drop, self.c_instance_slices,
                       self._fanout_tasks, self.min_budget, self.co_path, self._provision_ratio, self._provision_ok,
@@ -486,16 +539,19 @@ def _budgets(weight, fixed_budget, incidence, slo_task):  # pragma: no cover - c
 
 
 @_jit
-def _cheapest(t, variant, budget, load, by_segment, inv_thr, share, none):  # pragma: no cover - compiled
-    """The fewest-slices configuration of task t for ``variant`` at ``budget`` serving ``load`` items/s; -1 where
-    none fits (the table holds ``none`` there)."""
-    cell = int(budget * (1.0 / BUDGET_RESOLUTION_MS) + 1e-9)
-    best, best_cost = -1, np.inf
-    for k in by_segment[t, variant, cell]:
-        cost = max(1.0, np.ceil(load * inv_thr[k] - 1e-9)) * share[k]
-        if cost < best_cost:
-            best, best_cost = k, cost
-    return best if best < none else -1
+def _cheapest(t, variant, budget, load, by_segment, inv_thr, shares, none):  # pragma: no cover - compiled
+    """Per row of ``shares``, the fewest-slices configuration of task t for ``variant`` at ``budget`` serving
+    ``load`` items/s; -1 where none fits (the table holds ``none`` there)."""
+    levels = shares.shape[0]
+    best, best_cost = np.full(levels, -1, dtype=np.int64), np.full(levels, np.inf)
+    for k in by_segment[t, variant, int(budget * (1.0 / BUDGET_RESOLUTION_MS) + 1e-9)]:
+        workers = max(1.0, np.ceil(load * inv_thr[k] - 1e-9))
+        for level in range(levels):
+            cost = workers * shares[level, k]
+            if cost < best_cost[level]:
+                best[level], best_cost[level] = k, cost
+    best[best >= none] = -1
+    return best
 
 
 @_jit
@@ -519,31 +575,40 @@ def _instances(segment, replicas, seg_workers, seg_profile, profile_slices):  # 
 
 
 @_jit
-def _size(variant, budget, items, provision, forecast, task_app, capacity_factor, by_segment, inv_thr, share,
+def _size(variant, budget, items, provision, forecast, task_app, capacity_factor, by_segment, inv_thr, shares,
           none):  # pragma: no cover - compiled
-    """Per task the items/s to provision for, the configuration (-1: none fits) and its replicas."""
-    n = variant.size
-    load, config, replicas = np.empty(n), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    """Per task the items/s to provision for, and per row of ``shares`` the configurations (-1: none fits) and
+    their replicas ([rows, n_tasks])."""
+    n, levels = variant.size, shares.shape[0]
+    load = np.empty(n)
+    config, replicas = np.empty((levels, n), dtype=np.int64), np.empty((levels, n), dtype=np.int64)
     for t in range(n):
         load[t] = forecast[task_app[t]] * items[t] * capacity_factor[provision[t]]
-        config[t] = _cheapest(t, variant[t], budget[t], load[t], by_segment, inv_thr, share, none)
-        replicas[t] = _replicas(max(config[t], 0), load[t], inv_thr)
+        config[:, t] = _cheapest(t, variant[t], budget[t], load[t], by_segment, inv_thr, shares, none)
+        for level in range(levels):
+            replicas[level, t] = _replicas(max(config[level, t], 0), load[t], inv_thr)
     return load, config, replicas
 
 
 @_jit
-def _decode(variant, weight, provision, forecast, fixed_budget, incidence, slo_task, edge_fan, edge_parent, chain,
-            chain_task, task_app, capacity_factor, by_segment, inv_thr, share, c_segment, seg_workers, seg_profile,
+def _decode(variant, weight, provision, forecast, shares, fixed_budget, incidence, slo_task, edge_fan, edge_parent,
+            chain, chain_task, task_app, capacity_factor, by_segment, inv_thr, c_segment, seg_workers, seg_profile,
             profile_slices, log_accuracy, log_acc_slo, path_app, n_apps):  # pragma: no cover - compiled
-    n = variant.size
+    """``DecisionSpace.decode`` at every level of the share ladder (rows of ``shares``): per level the
+    configurations, replicas, instance counts and slices; and the budgets, items and app verdicts (the same at
+    every level: a budget no configuration fits is one at any share)."""
+    n, levels = variant.size, shares.shape[0]
     budget = _budgets(weight, fixed_budget, incidence, slo_task)
     items = _items(variant, edge_fan, edge_parent, chain, chain_task, n)
     _, config, replicas = _size(variant, budget, items, provision, forecast, task_app, capacity_factor, by_segment,
-                                inv_thr, share, c_segment.size)
-    counts, slices = _instances(c_segment[np.maximum(config, 0)], replicas, seg_workers, seg_profile, profile_slices)
+                                inv_thr, shares, c_segment.size)
+    counts, slices = np.empty((levels, profile_slices.size), dtype=np.int64), np.empty(levels)
+    for level in range(levels):
+        counts[level], slices[level] = _instances(c_segment[np.maximum(config[level], 0)], replicas[level],
+                                                  seg_workers, seg_profile, profile_slices)
     app_ok = np.ones(n_apps, dtype=np.bool_)
     for t in range(n):
-        if config[t] < 0:
+        if config[0, t] < 0:
             app_ok[task_app[t]] = False
     for p in range(incidence.shape[0]):
         x = 0.0
@@ -555,8 +620,8 @@ def _decode(variant, weight, provision, forecast, fixed_budget, incidence, slo_t
 
 
 @_jit
-def _masks(variant, weight, provision, budget, items, config, replicas, slices, forecast, fixed_budget, incidence,
-           slo_task, edge_fan, edge_parent, chain, chain_task, task_app, capacity_factor, by_segment, inv_thr, share,
+def _masks(variant, weight, provision, budget, items, config, replicas, slices, forecast, share, fixed_budget,
+           incidence, slo_task, edge_fan, edge_parent, chain, chain_task, task_app, capacity_factor, by_segment, inv_thr,
            c_segment, seg_workers, seg_profile, profile_slices, total_slices, log_accuracy, log_acc_slo,
            neighbour, neighbour_min_budget, neighbour_accuracy_drop, instance_slices, fanout_tasks, min_budget,
            co_path, provision_ratio, provision_ok, provision_down, budget_fixed):  # pragma: no cover - compiled
@@ -579,7 +644,7 @@ def _masks(variant, weight, provision, budget, items, config, replicas, slices, 
         cost[t] = replicas[t] * per_replica[t]  # growth is charged whole instances
     total_cost = cost.sum()
     load, _, _ = _size(variant, budget, items, provision, forecast, task_app, capacity_factor, by_segment, inv_thr,
-                       share, c_segment.size)
+                       share, c_segment.size)  # share: the plan's row of the ladder, [1, n_configurations + 1]
     is_fanout = np.zeros(n, dtype=np.bool_)
     is_fanout[fanout_tasks] = True
     for t in range(n):
@@ -588,7 +653,7 @@ def _masks(variant, weight, provision, budget, items, config, replicas, slices, 
             ok = (neighbour_min_budget[t, variant[t], j] <= budget[t] + 1e-9
                   and neighbour_accuracy_drop[t, variant[t], j] <= room[t] + 1e-9)
             if ok and not is_fanout[t]:  # its own items do not depend on its variant
-                k = max(_cheapest(t, nv, budget[t], load[t], by_segment, inv_thr, share, c_segment.size), 0)
+                k = max(_cheapest(t, nv, budget[t], load[t], by_segment, inv_thr, share, c_segment.size)[0], 0)
                 ok = _replicas(k, load[t], inv_thr) * instance_slices[k] - cost[t] <= free
             elif ok:  # a fan-out source's variant also changes the items downstream: the whole plan re-sized
                 moved = variant.copy()
@@ -598,7 +663,7 @@ def _masks(variant, weight, provision, budget, items, config, replicas, slices, 
                                                         capacity_factor, by_segment, inv_thr, share, c_segment.size)
                 whole = 0.0
                 for u in range(n):
-                    whole += moved_replicas[u] * instance_slices[max(moved_config[u], 0)]
+                    whole += moved_replicas[0, u] * instance_slices[max(moved_config[0, u], 0)]
                 ok = whole - total_cost <= free
             out[t, 2 * j] = ok
     if budget_fixed:

@@ -13,6 +13,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
+from agents.ilp import solve
 from env.gym_env import ENV_ID, EnvConfig, JigsawEnv, forecast_rps
 from env.packing import Packer
 from env.perf import compile_plan, evaluate
@@ -150,6 +151,21 @@ def test_the_env_sizes_for_the_busiest_bin_of_the_last_interval() -> None:
     bursty._trace, bursty._t = 0, t
     np.testing.assert_allclose(bursty._forecast(), expected)
     assert (expected >= per_bin[t - 1].max(axis=0)).all() and (expected > bursty.interval_demand[0][t - 1]).any()
+
+
+def test_from_the_ilps_variants_and_budgets_the_decoded_plan_costs_about_the_ilps_slices(env: JigsawEnv) -> None:
+    """The configuration rule charges a worker its compute slices (what the ILP minimises) while the plan so sized
+    fits the GPUs, and counts memory only as far as it must to fit: from the ILP's variants and budgets
+    (``levels_of``) the decoded plans fit the cluster on at most 1.1x the ILP's slices (here 53 to its 49;
+    counting memory always, 63)."""
+    space, ours, ilp = env.space, 0.0, 0
+    for rates in ((1309.1, 765.0, 356.4), (1267.8, 727.5, 327.7), (600.0, 300.0, 150.0)):
+        result = solve(env.catalog, "h100", dict(zip(space.apps, rates, strict=True)), env.config.gpus)
+        nearest = space.levels_of(result.plan)
+        _, d, _ = space.repair(nearest, nearest, np.array(rates))
+        assert d.gpus <= env.config.gpus and not d.overloaded
+        ours, ilp = ours + d.slices, ilp + result.slices_used
+    assert ours <= 1.1 * ilp, (ours, ilp)
 
 
 def test_plan_and_fast_path_agree(env: JigsawEnv) -> None:
