@@ -107,6 +107,8 @@ def catalog_fingerprint(catalog: Catalog, config: EnvConfig) -> str:
 
 # ---- acting without SB3
 
+COLD_START_STEPS = 10  # a first decision's steps at its forecast (``Policy.proposer``)
+
 
 @dataclass(frozen=True)
 class ActorWeights:
@@ -163,19 +165,22 @@ class Policy:
     def proposer(self, history: np.ndarray, forecast: Mapping[str, float], current: Plan | None) -> Plan:
         """The policy's plan for the next interval. It continues from its own last proposal (its levels) when
         the controller applied it, else from the levels nearest the plan in force (the ILP's, after a fallback):
-        from its own refused plan it stepped on squeezed plans, a single level at a time, for up to 10 intervals."""
+        from its own refused plan it stepped on squeezed plans, a single level at a time, for up to 10 intervals.
+        With neither (a first decision), it starts from ``DecisionSpace.initial`` and takes COLD_START_STEPS
+        steps at this forecast: one step from the most accurate variants was refused at every segment's start."""
         space = self.space
         f = np.array([forecast[a] for a in space.apps])
-        start = space.initial() if self.levels is None else self.levels
+        start, steps = (space.initial(), COLD_START_STEPS) if self.levels is None else (self.levels, 1)
         if current is not None and current != self.proposed:
             with contextlib.suppress(KeyError, ValueError):  # a plan of other apps (a daemon's --plan): our own
-                start = space.levels_of(current)
+                start, steps = space.levels_of(current), 1
         if start is not self.levels:
             self.levels, self.decoded, _ = space.repair(start, start, f)
-        metrics = evaluate(space.compiled(self.decoded), history[-1])
-        obs = space.observation(self.levels, self.decoded, metrics, space.demand_features(history, f))
-        action = self.actor.act(obs, space.masks(self.levels, self.decoded).reshape(-1))
-        self.levels, self.decoded, _ = space.step(self.levels, action, f)
+        for _ in range(steps):
+            metrics = evaluate(space.compiled(self.decoded), history[-1])
+            obs = space.observation(self.levels, self.decoded, metrics, space.demand_features(history, f))
+            action = self.actor.act(obs, space.masks(self.levels, self.decoded).reshape(-1))
+            self.levels, self.decoded, _ = space.step(self.levels, action, f)
         self.proposed = space.plan(self.levels, self.decoded)
         return self.proposed
 
