@@ -17,10 +17,9 @@
        accurate variant with a configuration within that budget;
     2. segment type and batch: the decision space's rule (the fewest slices for the forecast within the budget);
     3. replicas = ceil(forecast req/s x F_t x headroom / throughput) (F_t: items per request reaching t);
-    4. while the plan needs more GPUs than the cluster has: step one task's variant down, the step that frees
-       the most slices while every path keeps its accuracy SLO; stop when no single step frees any;
-    5. still too big: ``DecisionSpace.repair`` drops to the lowest provisioning level, then scales replicas
-       down (an overloaded plan: what it cannot serve is violated).
+    4. while the plan needs more GPUs than the cluster has (``DecisionSpace.repair``): step a variant down, of the
+       task taking the most slices whose step keeps every path within its accuracy SLO and frees slices;
+    5. still too big: scale replicas down (an overloaded plan: what it cannot serve is violated).
 * ``policy`` / ``policy_alone``: the trained policy's proposer through the controller with / without the
   safety check (``policy_alone`` applies whatever fits the catalog and the GPUs).
 """
@@ -38,7 +37,7 @@ from agents.controller import Controller, Decision
 from agents.ilp import Features, SolverOptions, solve
 from env.gym_env import EnvConfig
 from env.plan import Plan
-from env.space import DecisionSpace, Decoded, Levels
+from env.space import DecisionSpace
 from profiles.catalog import Catalog
 from profiles.errors import ConfigError
 
@@ -98,27 +97,8 @@ class Greedy:
         space = self.space
         f = np.array([forecast[a] for a in space.apps])
         levels = space.initial()  # the lowest provisioning level: capacity = forecast x headroom
-        decoded = space.decode(levels, f)
-        while decoded.gpus > space.n_gpus:
-            step = self._step_down(levels, decoded, f)
-            if step is None:
-                break
-            levels, decoded = step
-        levels, decoded, _ = space.repair(levels, levels, f)
+        levels, decoded, _ = space.repair(levels, levels, f)  # steps 4 and 5 of the module docstring
         return space.plan(levels, decoded)
-
-    def _step_down(self, levels: Levels, decoded: Decoded, f: np.ndarray) -> tuple[Levels, Decoded] | None:
-        """The one-variant step down that frees the most slices with every app's paths within their accuracy
-        SLOs, or None when no step frees any."""
-        best: tuple[Levels, Decoded] | None = None
-        for t in np.flatnonzero(levels.variant > 0):
-            variant = levels.variant.copy()
-            variant[t] -= 1
-            trial = levels.replace(variant=variant)
-            d = self.space.decode(trial, f)
-            if d.app_ok.all() and d.slices < (best[1] if best else decoded).slices:
-                best = (trial, d)
-        return best
 
 
 def build_systems(catalog: Catalog, config: EnvConfig, names: list[str], opts: SolverOptions,
