@@ -307,18 +307,20 @@ class DecisionSpace:
             levels.variant, levels.weight, levels.provision, forecast_rps, self._shares, *self._sizing,
             self.log_accuracy, self.log_acc_slo, self.path_app, len(self.apps))
         rows = counts.tolist()
-        gpus = [self.packer.gpus_needed(tuple(rows[0])), *([0] * (len(rows) - 1))]  # filled as probed
+
+        def fits(level: int) -> bool:  # more compute slices than the cluster's never fit: no packing needed
+            return slices[level] <= self.total_slices and self.packer.gpus_needed(tuple(rows[level])) <= self.n_gpus
+
         low, high = 0, len(rows) - 1
-        if gpus[low] <= self.n_gpus:
+        if fits(low):
             high = low
-        else:
-            gpus[high] = self.packer.gpus_needed(tuple(rows[high]))
-            while gpus[high] <= self.n_gpus and high - low > 1:  # low does not fit, high does: bisect (fitting is
-                mid = (low + high) // 2  # about monotone in the level)
-                gpus[mid] = self.packer.gpus_needed(tuple(rows[mid]))
-                low, high = (low, mid) if gpus[mid] <= self.n_gpus else (mid, high)
-        return Decoded(config[high], budget, items, replicas[high], tuple(rows[high]), float(slices[high]), gpus[high],
-                       app_ok, False, forecast_rps, high)
+        elif fits(high):
+            while high - low > 1:  # low does not fit, high does: bisect (fitting is about monotone in the level)
+                mid = (low + high) // 2
+                low, high = (low, mid) if fits(mid) else (mid, high)
+        key = tuple(rows[high])
+        return Decoded(config[high], budget, items, replicas[high], key, float(slices[high]),
+                       self.packer.gpus_needed(key), app_ok, False, forecast_rps, high)
 
     # ---- actions
 
