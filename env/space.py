@@ -2,7 +2,7 @@
 
 Shared by the Gymnasium environment (``env.gym_env``) and the controller's policy proposer. ``decode`` and
 ``masks`` run as compiled (numba) kernels: numpy, at about a microsecond a call on ~10-task arrays, cost 45 and
-100 us per call, the kernels 7 and 6.
+100 us per call, the kernels 7 and 6 (decode 17 at all nine levels of SHARE_LADDER).
 
 * **Variant**: an index into the task's ladder (least to most accurate); a step moves it by one.
 * **Budget**: an integer weight w_t in 1..BUDGET_LEVELS. A task's latency budget is its share of its app's
