@@ -294,8 +294,9 @@ class DecisionSpace:
         return _items(variant, self._edge_fan, self._edge_parent, self._chain, self._chain_task, self.n_tasks)
 
     def footprint(self, config: np.ndarray, replicas: np.ndarray) -> tuple[tuple[int, ...], float, int]:
-        counts, slices = _instances(self.c_segment[config], replicas, self.seg_workers, self.seg_profile,
-                                    self.profile_slices)
+        counts = np.empty(len(self.profile_slices), dtype=np.int64)
+        slices = _instances(config, replicas, self.c_segment, self.seg_workers, self.seg_profile, self.profile_slices,
+                            counts, np.empty(len(self.seg_workers)))
         key = tuple(counts.tolist())
         return key, slices, self.packer.gpus_needed(key)
 
@@ -541,19 +542,23 @@ def _budgets(weight, fixed_budget, incidence, slo_task):  # pragma: no cover - c
 
 
 @_jit
-def _cheapest(t, variant, budget, load, by_segment, inv_thr, shares, none):  # pragma: no cover - compiled
-    """Per row of ``shares``, the fewest-slices configuration of task t for ``variant`` at ``budget`` serving
-    ``load`` items/s; -1 where none fits (the table holds ``none`` there)."""
+def _cheapest(t, variant, budget, load, by_segment, inv_thr, shares, none, best, best_cost
+              ):  # pragma: no cover - compiled
+    """Into ``best``, per row of ``shares``, the fewest-slices configuration of task t for ``variant`` at
+    ``budget`` serving ``load`` items/s; -1 where none fits (the table holds ``none`` there). ``best_cost`` is
+    scratch of the same length (the callers' arrays: allocations are a good part of a kernel's time here)."""
     levels = shares.shape[0]
-    best, best_cost = np.full(levels, -1, dtype=np.int64), np.full(levels, np.inf)
+    best[:] = -1
+    best_cost[:] = np.inf
     for k in by_segment[t, variant, int(budget * (1.0 / BUDGET_RESOLUTION_MS) + 1e-9)]:
         workers = max(1.0, np.ceil(load * inv_thr[k] - 1e-9))
         for level in range(levels):
             cost = workers * shares[level, k]
             if cost < best_cost[level]:
                 best[level], best_cost[level] = k, cost
-    best[best >= none] = -1
-    return best
+    for level in range(levels):
+        if best[level] >= none:
+            best[level] = -1
 
 
 @_jit
@@ -562,18 +567,20 @@ def _replicas(config, load, inv_thr):  # pragma: no cover - compiled
 
 
 @_jit
-def _instances(segment, replicas, seg_workers, seg_profile, profile_slices):  # pragma: no cover - compiled
-    """MIG instances per profile for ``replicas`` workers on ``segment`` types, and their compute slices."""
-    workers = np.zeros(seg_workers.size)
-    for t in range(segment.size):
-        workers[segment[t]] += replicas[t]
-    counts = np.zeros(profile_slices.size, dtype=np.int64)
+def _instances(config, replicas, c_segment, seg_workers, seg_profile, profile_slices, counts, workers
+               ):  # pragma: no cover - compiled
+    """Into ``counts``, MIG instances per profile for ``replicas`` workers of ``config`` (-1: counted as the first
+    configuration, harmless for a plan that is refused anyway); their compute slices. ``workers``: scratch."""
+    workers[:] = 0.0
+    for t in range(config.size):
+        workers[c_segment[max(config[t], 0)]] += replicas[t]
+    counts[:] = 0
     for s in range(seg_workers.size):
         counts[seg_profile[s]] += int(np.ceil(workers[s] / seg_workers[s] - 1e-9))
     slices = 0.0
     for m in range(counts.size):
         slices += counts[m] * profile_slices[m]
-    return counts, slices
+    return slices
 
 
 @_jit
@@ -584,9 +591,11 @@ def _size(variant, budget, items, provision, forecast, task_app, capacity_factor
     n, levels = variant.size, shares.shape[0]
     load = np.empty(n)
     config, replicas = np.empty((levels, n), dtype=np.int64), np.empty((levels, n), dtype=np.int64)
+    best, scratch = np.empty(levels, dtype=np.int64), np.empty(levels)
     for t in range(n):
         load[t] = forecast[task_app[t]] * items[t] * capacity_factor[provision[t]]
-        config[:, t] = _cheapest(t, variant[t], budget[t], load[t], by_segment, inv_thr, shares, none)
+        _cheapest(t, variant[t], budget[t], load[t], by_segment, inv_thr, shares, none, best, scratch)
+        config[:, t] = best
         for level in range(levels):
             replicas[level, t] = _replicas(max(config[level, t], 0), load[t], inv_thr)
     return load, config, replicas
@@ -605,9 +614,10 @@ def _decode(variant, weight, provision, forecast, shares, fixed_budget, incidenc
     _, config, replicas = _size(variant, budget, items, provision, forecast, task_app, capacity_factor, by_segment,
                                 inv_thr, shares, c_segment.size)
     counts, slices = np.empty((levels, profile_slices.size), dtype=np.int64), np.empty(levels)
+    workers = np.empty(seg_workers.size)
     for level in range(levels):
-        counts[level], slices[level] = _instances(c_segment[np.maximum(config[level], 0)], replicas[level],
-                                                  seg_workers, seg_profile, profile_slices)
+        slices[level] = _instances(config[level], replicas[level], c_segment, seg_workers, seg_profile,
+                                   profile_slices, counts[level], workers)
     app_ok = np.ones(n_apps, dtype=np.bool_)
     for t in range(n):
         if config[0, t] < 0:
@@ -647,6 +657,7 @@ def _masks(variant, weight, provision, budget, items, config, replicas, slices, 
     total_cost = cost.sum()
     load, _, _ = _size(variant, budget, items, provision, forecast, task_app, capacity_factor, by_segment, inv_thr,
                        share, c_segment.size)  # share: the plan's row of the ladder, [1, n_configurations + 1]
+    pick, scratch = np.empty(1, dtype=np.int64), np.empty(1)
     is_fanout = np.zeros(n, dtype=np.bool_)
     is_fanout[fanout_tasks] = True
     for t in range(n):
@@ -655,7 +666,8 @@ def _masks(variant, weight, provision, budget, items, config, replicas, slices, 
             ok = (neighbour_min_budget[t, variant[t], j] <= budget[t] + 1e-9
                   and neighbour_accuracy_drop[t, variant[t], j] <= room[t] + 1e-9)
             if ok and not is_fanout[t]:  # its own items do not depend on its variant
-                k = max(_cheapest(t, nv, budget[t], load[t], by_segment, inv_thr, share, c_segment.size)[0], 0)
+                _cheapest(t, nv, budget[t], load[t], by_segment, inv_thr, share, c_segment.size, pick, scratch)
+                k = max(pick[0], 0)
                 ok = _replicas(k, load[t], inv_thr) * instance_slices[k] - cost[t] <= free
             elif ok:  # a fan-out source's variant also changes the items downstream: the whole plan re-sized
                 moved = variant.copy()
