@@ -374,14 +374,11 @@ class DecisionSpace:
                          ) -> tuple[Levels, Decoded, int]:
         """Step variants down, one task at a time, until the plan fits the GPUs: each time the task taking the most
         slices whose next variant down keeps every path within its accuracy SLO and frees slices."""
-        steps, rows = 0, np.arange(self.n_tasks)
+        steps = 0
         while decoded.gpus > self.n_gpus:
             v = levels.variant
-            # the masks' test of a step down: a configuration at the budget, and the tightest path's accuracy room
-            path_room = self.incidence @ self.log_accuracy[rows, v] - self.log_acc_slo
-            room = np.where(self._on_path, path_room[:, None], np.inf).min(axis=0)
-            can = ((v > 0) & (self._neighbour_accuracy_drop[rows, v, 0] <= room + 1e-9)
-                   & (self._neighbour_min_budget[rows, v, 0] <= decoded.budget_ms + 1e-9))
+            can = (v > 0) & _variant_steps_ok(v, decoded.budget_ms, self.incidence, self.log_accuracy, self.log_acc_slo,
+                                              self._neighbour_min_budget, self._neighbour_accuracy_drop)[:, 0]
             taken = decoded.replicas * self.c_instance_slices[np.maximum(decoded.config, 0)]
             for t in np.flatnonzero(can)[np.argsort(-taken[can], kind="stable")]:
                 variant = v.copy()
@@ -584,16 +581,46 @@ def _instances(config, replicas, c_segment, seg_workers, seg_profile, profile_sl
 
 
 @_jit
+def _loads(items, provision, forecast, task_app, capacity_factor):  # pragma: no cover - compiled
+    """Per task the items/s to provision for: the forecast reaching it x headroom x its provisioning level."""
+    load = np.empty(items.size)
+    for t in range(items.size):
+        load[t] = forecast[task_app[t]] * items[t] * capacity_factor[provision[t]]
+    return load
+
+
+@_jit
+def _variant_steps_ok(variant, budget, incidence, log_accuracy, log_acc_slo, neighbour_min_budget,
+                      neighbour_accuracy_drop):  # pragma: no cover - compiled
+    """[n_tasks, 2]: whether the variant a step down, up has a configuration at the task's budget and keeps the
+    tightest path through the task within its accuracy SLO."""
+    n, n_paths = variant.size, incidence.shape[0]
+    room = np.full(n, np.inf)  # how far each task's accuracy may drop
+    for p in range(n_paths):
+        x = 0.0
+        for t in range(n):
+            x += incidence[p, t] * log_accuracy[t, variant[t]]
+        for t in range(n):
+            if incidence[p, t] > 0:
+                room[t] = min(room[t], x - log_acc_slo[p])
+    ok = np.empty((n, 2), dtype=np.bool_)
+    for t in range(n):
+        for j in range(2):
+            ok[t, j] = (neighbour_min_budget[t, variant[t], j] <= budget[t] + 1e-9
+                        and neighbour_accuracy_drop[t, variant[t], j] <= room[t] + 1e-9)
+    return ok
+
+
+@_jit
 def _size(variant, budget, items, provision, forecast, task_app, capacity_factor, by_segment, inv_thr, shares,
           none):  # pragma: no cover - compiled
     """Per task the items/s to provision for, and per row of ``shares`` the configurations (-1: none fits) and
     their replicas ([rows, n_tasks])."""
     n, levels = variant.size, shares.shape[0]
-    load = np.empty(n)
+    load = _loads(items, provision, forecast, task_app, capacity_factor)
     config, replicas = np.empty((levels, n), dtype=np.int64), np.empty((levels, n), dtype=np.int64)
     best, scratch = np.empty(levels, dtype=np.int64), np.empty(levels)
     for t in range(n):
-        load[t] = forecast[task_app[t]] * items[t] * capacity_factor[provision[t]]
         _cheapest(t, variant[t], budget[t], load[t], by_segment, inv_thr, shares, none, best, scratch)
         config[:, t] = best
         for level in range(levels):
@@ -638,33 +665,24 @@ def _masks(variant, weight, provision, budget, items, config, replicas, slices, 
            neighbour, neighbour_min_budget, neighbour_accuracy_drop, instance_slices, fanout_tasks, min_budget,
            co_path, provision_ratio, provision_ok, provision_down, budget_fixed):  # pragma: no cover - compiled
     """``DecisionSpace.masks``: [n_tasks, 11] per task the allowed choices of ACTION_NVEC."""
-    n, n_paths = variant.size, incidence.shape[0]
+    n = variant.size
     out = np.ones((n, 11), dtype=np.bool_)
     free = total_slices - slices + 1e-9
-    # how far each task's accuracy may drop: the tightest path through it stays at the SLO
-    room = np.full(n, np.inf)
-    for p in range(n_paths):
-        x = 0.0
-        for t in range(n):
-            x += incidence[p, t] * log_accuracy[t, variant[t]]
-        for t in range(n):
-            if incidence[p, t] > 0:
-                room[t] = min(room[t], x - log_acc_slo[p])
+    steps_ok = _variant_steps_ok(variant, budget, incidence, log_accuracy, log_acc_slo, neighbour_min_budget,
+                                 neighbour_accuracy_drop)
     per_replica, cost = np.empty(n), np.empty(n)
     for t in range(n):
         per_replica[t] = instance_slices[max(config[t], 0)]
         cost[t] = replicas[t] * per_replica[t]  # growth is charged whole instances
     total_cost = cost.sum()
-    load, _, _ = _size(variant, budget, items, provision, forecast, task_app, capacity_factor, by_segment, inv_thr,
-                       share, c_segment.size)  # share: the plan's row of the ladder, [1, n_configurations + 1]
+    load = _loads(items, provision, forecast, task_app, capacity_factor)  # share: the plan's row of the ladder
     pick, scratch = np.empty(1, dtype=np.int64), np.empty(1)
     is_fanout = np.zeros(n, dtype=np.bool_)
     is_fanout[fanout_tasks] = True
     for t in range(n):
         for j in range(2):  # a variant step down, up
             nv = neighbour[t, variant[t], j]
-            ok = (neighbour_min_budget[t, variant[t], j] <= budget[t] + 1e-9
-                  and neighbour_accuracy_drop[t, variant[t], j] <= room[t] + 1e-9)
+            ok = steps_ok[t, j]
             if ok and not is_fanout[t]:  # its own items do not depend on its variant
                 _cheapest(t, nv, budget[t], load[t], by_segment, inv_thr, share, c_segment.size, pick, scratch)
                 k = max(pick[0], 0)
