@@ -167,7 +167,8 @@ class Policy:
         the controller applied it, else from the levels nearest the plan in force (the ILP's, after a fallback):
         from its own refused plan it stepped on squeezed plans, a single level at a time, for up to 10 intervals.
         With neither (a first decision), it starts from ``DecisionSpace.initial`` and takes COLD_START_STEPS
-        steps at this forecast: one step from the most accurate variants was refused at every segment's start."""
+        steps at this forecast: one step from the most accurate variants was refused at two of the three held-out
+        segments' starts."""
         space = self.space
         f = np.array([forecast[a] for a in space.apps])
         start, steps = (space.initial(), COLD_START_STEPS) if self.levels is None else (self.levels, 1)
