@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -230,9 +231,8 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
                                            seed=cfg.seed_offset + int(self.np_random.integers(2**31)))
             violation = float(self._metrics.violation)
         unsafe = d.overloaded or bool(((metrics or self._metrics).path_p95_ms > space.path_slo_ms).any())
-        shortfall = float((np.maximum(0.0, space.acc_slo - space.worst_accuracy(self._metrics.path_accuracy))
-                           / space.acc_slo).sum()) / len(cfg.apps)
-        repartitions = sum(abs(a - b) for a, b in zip(d.counts, previous.counts, strict=True))
+        shortfall = space.accuracy_shortfall(self._metrics.path_accuracy)
+        repartitions = sum(map(abs, map(operator.sub, d.counts, previous.counts)))
         reward = (-d.slices / space.total_slices - cfg.violation_weight * violation
                   - cfg.accuracy_weight * shortfall - cfg.repartition_weight * repartitions / cfg.gpus
                   - cfg.fallback_weight * unsafe)

@@ -23,8 +23,9 @@ from env.plan import GpuLayout
 from profiles.types import GpuType
 
 MEMO_SIZE = 1 << 16  # distinct instance mixes remembered (a few MB); the memo restarts when full
-# one memo per GPU type (name and partitions) in a process: every environment and controller on it shares it
-_MEMOS: dict[tuple, dict[tuple[int, ...], tuple[tuple[int, int], ...]]] = {}
+# one memo per GPU type (name and partitions) in a process, shared by every environment and controller on it:
+# the cuts per instance counts, and the GPUs they use (what every decode asks, several times)
+_MEMOS: dict[tuple, tuple[dict[tuple[int, ...], tuple[tuple[int, int], ...]], dict[tuple[int, ...], int]]] = {}
 
 
 class Packer:
@@ -41,7 +42,7 @@ class Packer:
         big_range = int((self._parts @ slices ** 2).max()) + 1
         self._score = slices * (big_range * waste_range) + slices ** 2 * waste_range
         key = (gpu.name, tuple(map(tuple, self._parts.tolist())), tuple(slices.tolist()))
-        self._memo = _MEMOS.setdefault(key, {})
+        self._memo, self._gpus = _MEMOS.setdefault(key, ({}, {}))
 
     def pack(self, counts: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
         """Cut GPUs to hold ``counts`` instances per MIG profile (``gpu.mig_profiles`` order): a tuple of
@@ -58,7 +59,12 @@ class Packer:
         return result
 
     def gpus_needed(self, counts: tuple[int, ...]) -> int:
-        return sum(times for _, times in self.pack(counts))
+        hit = self._gpus.get(counts)
+        if hit is None:
+            if len(self._gpus) >= MEMO_SIZE:
+                self._gpus.clear()
+            self._gpus[counts] = hit = sum(times for _, times in self.pack(counts))
+        return hit
 
     def layout(self, instances: Mapping[str, Sequence[tuple[str, ...]]]) -> tuple[GpuLayout, ...]:
         """GPU layouts holding ``instances``: per MIG profile name, the worker lists (``app/task`` names) of each

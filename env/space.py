@@ -206,6 +206,9 @@ class DecisionSpace:
                   + 1e-6 * np.array([rank[k] for k in range(none)]))
         self._shares = np.hstack([shares, np.full((len(SHARE_LADDER), 1), _NONE)])
         self.c_service = service_rows(self.c_p95, self.c_thr, self.c_batch)
+        # what compiled() reads of each configuration, one row per quantity: a plan's columns in one gather
+        self._c_columns = np.vstack([self.c_p50, self.c_p95, self.c_thr, self.accuracy[self.c_task, self.c_variant],
+                                     self.c_service])
         self.seg_profile = np.array([gpu.profile_index(s.mig_profile.name) for s in gpu.segments])
         self.seg_workers = np.array([s.mps_workers for s in gpu.segments], dtype=float)
         self.profile_slices = np.array([p.compute_slices for p in gpu.mig_profiles], dtype=float)
@@ -252,7 +255,7 @@ class DecisionSpace:
         self._provision_ok = level == clipped  # [levels, 4] the step stays on the levels
         self._provision_ratio = PROVISION_LEVELS[clipped] / PROVISION_LEVELS[:, None] - 1.0  # replicas' growth
         self._provision_down = self._provision_steps < 0
-        self._app_off_path = np.where(self._path_in_app.T > 0, 0.0, np.inf)  # [n_apps, n_paths]
+        self._path_app_acc_slo = list(zip(self.path_app.tolist(), self.acc_slo[self.path_app].tolist(), strict=True))
         self._inv_top_variant = 1.0 / np.maximum(self.n_variants - 1, 1)
         # what decode() and masks() hand their compiled kernels, in the kernels' argument order
         self._sizing = (np.empty(0) if self.fixed_budget is None else self.fixed_budget, self.incidence, self.slo_task,
@@ -307,10 +310,13 @@ class DecisionSpace:
         budget, items, config, replicas, counts, slices, app_ok = _decode(
             levels.variant, levels.weight, levels.provision, forecast_rps, self._shares, *self._sizing,
             self.log_accuracy, self.log_acc_slo, self.path_app, len(self.apps))
-        rows = counts.tolist()
+        rows, gpus_needed, total, n_gpus = counts.tolist(), self.packer.gpus_needed, self.total_slices, self.n_gpus
+        gpus = [n_gpus + 1] * len(rows)  # more compute slices than the cluster's never fit: no packing needed
 
-        def fits(level: int) -> bool:  # more compute slices than the cluster's never fit: no packing needed
-            return slices[level] <= self.total_slices and self.packer.gpus_needed(tuple(rows[level])) <= self.n_gpus
+        def fits(level: int) -> bool:
+            if slices[level] <= total:
+                gpus[level] = gpus_needed(tuple(rows[level]))
+            return gpus[level] <= n_gpus
 
         low, high = 0, len(rows) - 1
         if fits(low):
@@ -319,9 +325,10 @@ class DecisionSpace:
             while high - low > 1:  # low does not fit, high does: bisect (fitting is about monotone in the level)
                 mid = (low + high) // 2
                 low, high = (low, mid) if fits(mid) else (mid, high)
-        key = tuple(rows[high])
-        return Decoded(config[high], budget, items, replicas[high], key, float(slices[high]),
-                       self.packer.gpus_needed(key), app_ok, False, forecast_rps, high)
+        elif slices[high] > total:  # nothing fits: the caller repairs by the true count
+            gpus[high] = gpus_needed(tuple(rows[high]))
+        return Decoded(config[high], budget, items, replicas[high], tuple(rows[high]), float(slices[high]), gpus[high],
+                       app_ok, False, forecast_rps, high)
 
     # ---- actions
 
@@ -429,11 +436,10 @@ class DecisionSpace:
 
     def compiled(self, d: Decoded) -> CompiledPlan:
         """The decoded plan as ``env.perf`` arrays, without building a ``Plan``."""
-        c = d.config
-        return with_configs(self.structure(), p50_ms=self.c_p50[c], p95_ms=self.c_p95[c], throughput_rps=self.c_thr[c],
-                            replicas=d.replicas, batch=self.c_batch[c], budget_ms=d.budget_ms, items_per_request=d.items,
-                            accuracy=self.accuracy[np.arange(self.n_tasks), self.c_variant[c]],
-                            slices_used=d.slices, gpus_used=d.gpus, service=self.c_service[:, c])
+        p50, p95, thr, accuracy, *_ = columns = self._c_columns[:, d.config]
+        return with_configs(self.structure(), p50_ms=p50, p95_ms=p95, throughput_rps=thr, replicas=d.replicas,
+                            batch=self.c_batch[d.config], budget_ms=d.budget_ms, items_per_request=d.items,
+                            accuracy=accuracy, slices_used=d.slices, gpus_used=d.gpus, service=columns[4:])
 
     def plan(self, levels: Levels, d: Decoded) -> Plan:
         """The decoded configuration as a ``Plan`` with a packed MIG layout."""
@@ -497,9 +503,13 @@ class DecisionSpace:
                             metrics.path_p95_ms, metrics.path_violation, self._inv_top_variant, self.slo_task,
                             self._c_obs, self.c_slices, self.total_slices, self.n_gpus, self.path_slo_ms)
 
-    def worst_accuracy(self, path_accuracy: np.ndarray) -> np.ndarray:
-        """Per app, the accuracy of its least accurate path."""
-        return (path_accuracy + self._app_off_path).min(axis=-1)
+    def accuracy_shortfall(self, path_accuracy: np.ndarray) -> float:
+        """The mean over apps of max(0, SLO - the least accurate path's accuracy) / SLO (a Python loop: a few paths,
+        where numpy's calls cost microseconds each)."""
+        short = [0.0] * len(self.apps)
+        for (app, slo), accuracy in zip(self._path_app_acc_slo, path_accuracy.tolist(), strict=True):
+            short[app] = max(short[app], 1.0 - accuracy / slo)
+        return sum(short) / len(self.apps)
 
 
 # ---- compiled kernels: decode() and masks() run every environment step on arrays of ~10 tasks, where each numpy
