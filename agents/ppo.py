@@ -168,7 +168,8 @@ class Policy:
         from its own refused plan it stepped on squeezed plans, a single level at a time, for up to 10 intervals.
         With neither (a first decision), it starts from ``DecisionSpace.initial`` and takes COLD_START_STEPS
         steps at this forecast: one step from the most accurate variants was refused at two of the three held-out
-        segments' starts."""
+        segments' starts. The result is polished (``DecisionSpace.polish``) before it is proposed; the next step
+        starts from the polished levels."""
         space = self.space
         f = np.array([forecast[a] for a in space.apps])
         start, steps = (space.initial(), COLD_START_STEPS) if self.levels is None else (self.levels, 1)
@@ -182,6 +183,7 @@ class Policy:
             obs = space.observation(self.levels, self.decoded, metrics, space.demand_features(history, f))
             action = self.actor.act(obs, space.masks(self.levels, self.decoded).reshape(-1))
             self.levels, self.decoded, _ = space.step(self.levels, action, f)
+        self.levels, self.decoded = space.polish(self.levels, self.decoded, f)
         self.proposed = space.plan(self.levels, self.decoded)
         return self.proposed
 
