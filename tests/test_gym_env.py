@@ -34,6 +34,7 @@ def env() -> JigsawEnv:
 
 def test_check_env_perf_and_sim() -> None:
     check_env(JigsawEnv(), skip_render_check=True)
+    check_env(JigsawEnv(polish=True), skip_render_check=True)
     check_env(JigsawEnv(mode="sim", episode_intervals=3), skip_render_check=True)
 
 
@@ -287,7 +288,7 @@ def test_levels_out_of_range_are_clipped(env: JigsawEnv) -> None:
 
 @pytest.mark.parametrize("doc, field", [
     ({"gpus": 0}, "gpus"), ({"gpus": 1}, "gpus"), ({"mode": "fast"}, "mode"), ({"load": 1.5}, "load"), ({"nope": 1}, "env"),
-    ({"violation_weight": -1}, "violation_weight"), ({"traces": "missing.csv"}, "traces"),
+    ({"violation_weight": -1}, "violation_weight"), ({"traces": "missing.csv"}, "traces"), ({"polish": "yes"}, "polish"),
 ])
 def test_bad_config_is_one_clear_error(doc: dict, field: str) -> None:
     with pytest.raises(ConfigError) as e:
