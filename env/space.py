@@ -424,8 +424,8 @@ class DecisionSpace:
         """A local search from ``levels`` for fewer slices: each round ranks every move of one variant down, of
         one variant down and another on a shared path up (accuracy traded along the path, as the ILP trades
         it), and of one budget weight by one, by its slices at ``decoded``'s share level without packing (one
-        compiled call), and takes the first of the cheaper ones whose full decode fits the GPUs unsqueezed and
-        keeps every app within its SLOs. From a squeezed plan, any move that fits is better. Provisioning is
+        compiled call), and takes the first of the POLISH_TRIES cheapest whose full decode fits the GPUs unsqueezed
+        and keeps every app within its SLOs. From a squeezed plan, any move that fits is better. Provisioning is
         the policy's to choose and stays. Rounds stop at no such move or after POLISH_ROUNDS."""
         current = self.decode(levels, forecast_rps) if decoded.overloaded else decoded
 
