@@ -364,30 +364,38 @@ def fill_p95_arrivals(batch: int) -> float:
 
 
 def _layout_usage(plan: Plan, gpu: GpuType, tasks: set[tuple[str, str]]) -> tuple[float, int]:
-    """Compute slices of MIG instances hosting >= 1 worker, and GPUs hosting >= 1 worker."""
+    """Compute slices of MIG instances hosting >= 1 worker, and GPUs hosting >= 1 worker. Each distinct partition
+    is judged once (a large cluster repeats a few cuts over and over)."""
     profiles = {p.name: p for p in gpu.mig_profiles}
     valid = {p.counts for p in gpu.partitions}
+    names = {f"{a}/{t}" for a, t in tasks}
+    judged: set[tuple[str, ...]] = set()
     slices, used = 0.0, 0
     for g, layout in enumerate(plan.gpus):
         where = f"gpus[{g}]"
-        unknown = [n for n in layout.partition if n not in profiles]
-        if unknown:
-            raise _fail(f"unknown MIG profile(s) {', '.join(unknown)}", f"{where}.partition",
-                        f"use profiles of {gpu.name}: {', '.join(profiles)}")
-        counts = tuple(layout.partition.count(p.name) for p in gpu.mig_profiles)
-        if layout.partition and counts not in valid:
-            raise _fail(f"{list(layout.partition)} is not a valid {gpu.name} partition", f"{where}.partition",
-                        "use a partition the GPU's placement rules allow")
+        if layout.partition not in judged:
+            unknown = [n for n in layout.partition if n not in profiles]
+            if unknown:
+                raise _fail(f"unknown MIG profile(s) {', '.join(unknown)}", f"{where}.partition",
+                            f"use profiles of {gpu.name}: {', '.join(profiles)}")
+            counts = tuple(layout.partition.count(p.name) for p in gpu.mig_profiles)
+            if layout.partition and counts not in valid:
+                raise _fail(f"{list(layout.partition)} is not a valid {gpu.name} partition", f"{where}.partition",
+                            "use a partition the GPU's placement rules allow")
+            judged.add(layout.partition)
         if len(layout.workers) != len(layout.partition):
             raise _fail("each MIG instance needs its (possibly empty) worker list", f"{where}.workers",
                         "one list per entry of partition")
+        hosting = False
         for name, workers in zip(layout.partition, layout.workers, strict=True):
-            for w in workers:
-                if tuple(w.split("/", 1)) not in tasks:
-                    raise _fail(f"worker '{w}' is no task of the plan", f"{where}.workers", "name workers app/task")
             if workers:
+                if not names.issuperset(workers):
+                    stranger = next(w for w in workers if w not in names)
+                    raise _fail(f"worker '{stranger}' is no task of the plan", f"{where}.workers",
+                                "name workers app/task")
                 slices += profiles[name].compute_slices
-        used += any(layout.workers)
+                hosting = True
+        used += hosting
     return slices, used
 
 
