@@ -428,10 +428,6 @@ class DecisionSpace:
         and keeps every app within its SLOs. From a squeezed plan, any move that fits is better. Provisioning is
         the policy's to choose and stays. Rounds stop at no such move or after POLISH_ROUNDS."""
         current = self.decode(levels, forecast_rps) if decoded.overloaded else decoded
-
-        def key(d: Decoded) -> tuple[bool, float]:
-            return d.gpus > self.n_gpus, d.slices
-
         share = self._shares[current.share_level:current.share_level + 1]
         for _ in range(POLISH_ROUNDS):
             variants, weights, slices, ok = _polish_moves(
@@ -442,7 +438,7 @@ class DecisionSpace:
             for i in cheaper[np.argsort(slices[cheaper], kind="stable")][:POLISH_TRIES]:
                 trial = levels.replace(variant=variants[i], weight=weights[i])
                 d = self.decode(trial, forecast_rps)
-                if d.app_ok.all() and d.gpus <= self.n_gpus and key(d) < key(current):
+                if d.app_ok.all() and d.gpus <= self.n_gpus and (current.gpus > self.n_gpus or d.slices < current.slices):
                     levels, current = trial, d
                     break
             else:

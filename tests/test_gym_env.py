@@ -174,12 +174,12 @@ def test_polish_from_the_most_accurate_variants_saves_slices_and_passes_the_chec
     """From ``initial`` (every task's most accurate variant) the polished plans take 60 slices to 82 over three
     demands (the ILP: 49), and the controller accepts each."""
     space, before, after = env.space, 0.0, 0.0
+    controller = Controller(env.catalog, "h100", space.apps, env.config.gpus)
     for rates in ((1309.1, 765.0, 356.4), (1267.8, 727.5, 327.7), (600.0, 300.0, 150.0)):
         forecast = np.array(rates)
         levels, decoded, _ = space.repair(space.initial(), space.initial(), forecast)
         polished, d = space.polish(levels, decoded, forecast)
-        check = Controller(env.catalog, "h100", space.apps, env.config.gpus).check(
-            space.plan(polished, d), dict(zip(space.apps, rates, strict=True)))
+        check = controller.check(space.plan(polished, d), dict(zip(space.apps, rates, strict=True)))
         assert check.ok, check.reason
         assert d.slices < decoded.slices and not d.overloaded
         before, after = before + decoded.slices, after + d.slices
