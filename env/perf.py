@@ -82,7 +82,7 @@ import numba
 import numpy as np
 from scipy.stats import poisson
 
-from env.plan import Plan
+from env.plan import GpuLayout, Plan
 from profiles.catalog import Catalog
 from profiles.errors import PlanError
 from profiles.tables import ConfigKind
@@ -364,38 +364,43 @@ def fill_p95_arrivals(batch: int) -> float:
 
 
 def _layout_usage(plan: Plan, gpu: GpuType, tasks: set[tuple[str, str]]) -> tuple[float, int]:
-    """Compute slices of MIG instances hosting >= 1 worker, and GPUs hosting >= 1 worker. Each distinct partition
-    is judged once (a large cluster repeats a few cuts over and over)."""
+    """Compute slices of MIG instances hosting >= 1 worker, and GPUs hosting >= 1 worker (every MIG instance has
+    compute slices). Each distinct partition and each distinct GPU layout is judged once: a large cluster repeats a
+    few over and over, and hashing one costs less than walking it."""
     profiles = {p.name: p for p in gpu.mig_profiles}
     valid = {p.counts for p in gpu.partitions}
     names = {f"{a}/{t}" for a, t in tasks}
-    judged: set[tuple[str, ...]] = set()
+    partitions: set[tuple[str, ...]] = set()
+    judged: dict[GpuLayout, float] = {}
     slices, used = 0.0, 0
     for g, layout in enumerate(plan.gpus):
-        where = f"gpus[{g}]"
-        if layout.partition not in judged:
-            unknown = [n for n in layout.partition if n not in profiles]
-            if unknown:
-                raise _fail(f"unknown MIG profile(s) {', '.join(unknown)}", f"{where}.partition",
-                            f"use profiles of {gpu.name}: {', '.join(profiles)}")
-            counts = tuple(layout.partition.count(p.name) for p in gpu.mig_profiles)
-            if layout.partition and counts not in valid:
-                raise _fail(f"{list(layout.partition)} is not a valid {gpu.name} partition", f"{where}.partition",
-                            "use a partition the GPU's placement rules allow")
-            judged.add(layout.partition)
-        if len(layout.workers) != len(layout.partition):
-            raise _fail("each MIG instance needs its (possibly empty) worker list", f"{where}.workers",
-                        "one list per entry of partition")
-        hosting = False
-        for name, workers in zip(layout.partition, layout.workers, strict=True):
-            if workers:
-                if not names.issuperset(workers):
-                    stranger = next(w for w in workers if w not in names)
-                    raise _fail(f"worker '{stranger}' is no task of the plan", f"{where}.workers",
-                                "name workers app/task")
-                slices += profiles[name].compute_slices
-                hosting = True
-        used += hosting
+        hosted = judged.get(layout)
+        if hosted is None:
+            where = f"gpus[{g}]"
+            if layout.partition not in partitions:
+                unknown = [n for n in layout.partition if n not in profiles]
+                if unknown:
+                    raise _fail(f"unknown MIG profile(s) {', '.join(unknown)}", f"{where}.partition",
+                                f"use profiles of {gpu.name}: {', '.join(profiles)}")
+                counts = tuple(layout.partition.count(p.name) for p in gpu.mig_profiles)
+                if layout.partition and counts not in valid:
+                    raise _fail(f"{list(layout.partition)} is not a valid {gpu.name} partition", f"{where}.partition",
+                                "use a partition the GPU's placement rules allow")
+                partitions.add(layout.partition)
+            if len(layout.workers) != len(layout.partition):
+                raise _fail("each MIG instance needs its (possibly empty) worker list", f"{where}.workers",
+                            "one list per entry of partition")
+            hosted = 0.0
+            for name, workers in zip(layout.partition, layout.workers, strict=True):
+                if workers:
+                    if not names.issuperset(workers):
+                        stranger = next(w for w in workers if w not in names)
+                        raise _fail(f"worker '{stranger}' is no task of the plan", f"{where}.workers",
+                                    "name workers app/task")
+                    hosted += profiles[name].compute_slices
+            judged[layout] = hosted
+        slices += hosted
+        used += hosted > 0
     return slices, used
 
 

@@ -17,6 +17,7 @@ invented silently: ``build_table`` fills it only by the documented models below 
 from __future__ import annotations
 
 import csv
+import functools
 import math
 from dataclasses import dataclass
 from enum import IntEnum
@@ -76,9 +77,12 @@ class ProfileTable:
     memory_mib: np.ndarray
     kind: np.ndarray  # ConfigKind values, int8
 
-    @property
+    @functools.cached_property
     def usable(self) -> np.ndarray:
-        return np.isin(self.kind, (ConfigKind.MEASURED, ConfigKind.MODELLED, ConfigKind.ESTIMATED))
+        """Read-only: computed once (compile_plan reads it per task of every plan it resolves)."""
+        usable = np.isin(self.kind, (ConfigKind.MEASURED, ConfigKind.MODELLED, ConfigKind.ESTIMATED))
+        usable.setflags(write=False)
+        return usable
 
 
 def _number(text: str | None, where: str, field: str, *, blank_ok: bool = False) -> float:
