@@ -36,11 +36,15 @@ alone exceeds the cluster, scales all replicas down until the plan fits (the pla
 performance model counts the excess as violated).
 
 ``polish`` is a local search the controller's policy proposer runs on each proposal (not the environment's steps:
-at 0.3-0.5 ms it costs two to three of them): single variant steps down, a variant down with another on the same
-path up, and budget steps, while they save slices and the plan still fits. The policy's single-level steps under
-the accuracy masks stall on costly variant mixes (a path's accuracy held by its most expensive task) and, at the
-cluster's edge, on plans that only fit squeezed: on the held-out default traces polishing took the policy from
-1.13x to 1.08x the ILP's slices and from 5 to 4 fallbacks in 45 intervals.
+at 0.3-1 ms it costs several of them). It splits each app's latency SLO between its tasks exactly, for the
+proposal's variants and provisioning (``decode(split=True)``: ``_split``, a dynamic programme over the app's tree of
+tasks for the fewest workers x share; the five weight levels cannot say the ILP's 151 / 8 / 41 ms along a chain),
+then steps single variants down, and a variant down with another on the same path up (and, in an app whose paths
+join, which keeps its weights' budgets, budget weights by one), while they save slices, fit and keep every path's
+predicted p95 within its SLO. The policy's single-level steps under the accuracy masks stall
+on costly variant mixes (a path's accuracy held by its most expensive task) and, at the cluster's edge, on plans
+that only fit squeezed. On the held-out default traces (45 intervals, decisions only) polishing by weights took the
+policy from 1.13x to 1.08x the ILP's slices; with the split, to 1.04x (5 to 4 fallbacks both).
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ import numpy as np
 
 from agents.ilp import Features, SolverOptions, candidates
 from env.packing import Packer
-from env.perf import CompiledPlan, compile_plan, service_rows, with_configs
+from env.perf import CompiledPlan, compile_plan, evaluate, service_rows, with_configs
 from env.plan import Plan, TaskConfig
 from profiles.catalog import Catalog
 from profiles.errors import SolverError
@@ -150,6 +154,7 @@ class DecisionSpace:
         # (task, variant) -> its configurations, least need first (of equal items/s, the faster one is kept)
         configs_of: dict[tuple[int, int], np.ndarray] = {}
         rank: dict[int, int] = {}  # configuration -> its place by items/s per slice within its (task, variant)
+        order: list[int] = []  # tasks, each app's in topological order
         # a worker's share of a GPU in compute slices, or in memory slots where those are scarcer: H100 holds
         # seven 1g.10gb but only four 1g.20gb instances, so per compute slice the latter packs 1.75x worse
         gpu_share = np.array([s.slices * max(1.0, s.mig_profile.width * gpu.compute_slices
@@ -161,6 +166,7 @@ class DecisionSpace:
                 raise SolverError(reason, field="--app", fix="choose apps whose SLOs the catalog can meet")
             for t in app.topological_order:
                 ti = index[(a, t)]
+                order.append(ti)
                 self.sources[ti] = all(v != t for _, v in app.edges)
                 ladder = [x.name for x in app.task(t).variants]
                 self.accuracy[ti, :len(ladder)] = [x.accuracy for x in app.task(t).variants]
@@ -201,9 +207,11 @@ class DecisionSpace:
         cells = math.ceil(self.slo_task.max() / BUDGET_RESOLUTION_MS) + 2
         none = len(arr["task"])
         self._by_segment = np.full((n, v_max, cells, len(gpu.segments)), none, dtype=np.int64)
+        self._need_cell = np.ceil((opts.latency_allowance * self.c_p95 - 1e-9) / BUDGET_RESOLUTION_MS).astype(np.int64)
+        self._by_need = np.full((n, v_max, max(map(len, configs_of.values()))), none, dtype=np.int64)
         for (ti, v), ks in configs_of.items():
-            first = np.ceil((opts.latency_allowance * self.c_p95[ks] - 1e-9) / BUDGET_RESOLUTION_MS).astype(np.int64)
-            for k, cell in zip(ks, first, strict=True):
+            self._by_need[ti, v, :len(ks)] = ks
+            for k, cell in zip(ks, self._need_cell[ks], strict=True):
                 column = self._by_segment[ti, v, cell:, self.c_segment[k]]  # the budgets k fits
                 column[(column == none) | (self.c_thr[np.minimum(column, none - 1)] < self.c_thr[k])] = k
         # per configuration (and none): 1 / items/s, and per step of SHARE_LADDER a worker's share of a GPU in
@@ -243,6 +251,18 @@ class DecisionSpace:
         # paths join) of the product of their fan-outs
         self._edge_fan = np.vstack([*(fan for _, _, fan in self.edges), np.ones(v_max)])
         self._edge_parent = np.array([u for u, _, _ in self.edges] + [0], dtype=np.int64)
+        # polish's exact budget split (_split) runs over each app's tree of tasks: per task its parent (-1: a source).
+        # An app where paths join (a task with two parents) is no tree: its tasks keep their weights' budgets
+        parent, parents = np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        for u, v, _ in self.edges:
+            parent[v], parents[v] = u, parents[v] + 1
+        joined = np.isin(self.task_app, self.task_app[parents > 1])
+        self._split_free = ~joined & features.budgeting
+        self._split_parent = np.where(self._split_free, parent, -1)
+        self._split_order = np.array(order, dtype=np.int64)
+        self._slo_cells = np.floor(self.slo_task / BUDGET_RESOLUTION_MS + 1e-9).astype(np.int64)
+        self._split_tables = (self._by_need, self._need_cell, self._split_order, self._split_parent, self._split_free,
+                              self._slo_cells)
         chains: list[list[list[int]]] = [[[]] if self.sources[t] else [] for t in range(n)]
         for e, (u, v, _) in enumerate(self.edges):  # topological order: the parent's chains are complete
             chains[v] += [[*c, e] for c in chains[u]]
@@ -311,13 +331,24 @@ class DecisionSpace:
         key = tuple(counts.tolist())
         return key, slices, self.packer.gpus_needed(key)
 
-    def decode(self, levels: Levels, forecast_rps: np.ndarray) -> Decoded:
+    def decode(self, levels: Levels, forecast_rps: np.ndarray, split: bool = False,
+               share_level: int | None = None) -> Decoded:
         """The configuration ``levels`` imply at ``forecast_rps`` (req/s per app), unrepaired: per task its budget,
         the items reaching it, the fewest-slices configuration (the module docstring) for its load, its replicas;
-        and whether each app is configured and meets its accuracy SLO."""
-        budget, items, config, replicas, counts, slices, app_ok = _decode(
-            levels.variant, levels.weight, levels.provision, forecast_rps, self._shares, *self._sizing,
-            self.log_accuracy, self.log_acc_slo, self.path_app, len(self.apps))
+        and whether each app is configured and meets its accuracy SLO. With ``split``, the budgets are not the
+        weights' but the split of each path's SLO that takes the fewest slices (``polish``); with ``share_level``,
+        the configurations are chosen at that step of SHARE_LADDER only (fitting or not)."""
+        first = 0 if share_level is None else share_level
+        shares = self._shares if share_level is None else self._shares[first:first + 1]
+        if split:  # the split looks configurations up by need, not by budget cell: no by_segment table
+            budget, items, config, replicas, counts, slices, app_ok = _decode_split(
+                levels.variant, levels.weight, levels.provision, forecast_rps, shares, *self._sizing[:9],
+                *self._sizing[10:], self.log_accuracy, self.log_acc_slo, self.path_app, len(self.apps),
+                *self._split_tables)
+        else:
+            budget, items, config, replicas, counts, slices, app_ok = _decode(
+                levels.variant, levels.weight, levels.provision, forecast_rps, shares, *self._sizing,
+                self.log_accuracy, self.log_acc_slo, self.path_app, len(self.apps))
         rows, gpus_needed, total, n_gpus = counts.tolist(), self.packer.gpus_needed, self.total_slices, self.n_gpus
         gpus = [n_gpus + 1] * len(rows)  # more compute slices than the cluster's never fit: no packing needed
 
@@ -335,8 +366,8 @@ class DecisionSpace:
                 low, high = (low, mid) if fits(mid) else (mid, high)
         elif slices[high] > total:  # nothing fits: the caller repairs by the true count
             gpus[high] = gpus_needed(tuple(rows[high]))
-        return Decoded(config[high], budget, items, replicas[high], tuple(rows[high]), float(slices[high]), gpus[high],
-                       app_ok, False, forecast_rps, high)
+        return Decoded(config[high], budget[high] if split else budget, items, replicas[high], tuple(rows[high]),
+                       float(slices[high]), gpus[high], app_ok, False, forecast_rps, first + high)
 
     # ---- actions
 
@@ -421,29 +452,44 @@ class DecisionSpace:
                        d.share_level)
 
     def polish(self, levels: Levels, decoded: Decoded, forecast_rps: np.ndarray) -> tuple[Levels, Decoded]:
-        """A local search from ``levels`` for fewer slices: each round ranks every move of one variant down, of
-        one variant down and another on a shared path up (accuracy traded along the path, as the ILP trades
-        it), and of one budget weight by one, by its slices at ``decoded``'s share level without packing (one
-        compiled call), and takes the first of the POLISH_TRIES cheapest whose full decode fits the GPUs unsqueezed
-        and keeps every app within its SLOs. From a squeezed plan, any move that fits is better. Provisioning is
-        the policy's to choose and stays. Rounds stop at no such move or after POLISH_ROUNDS."""
+        """A local search from ``levels`` for fewer slices, with each app's latency SLO split exactly between its
+        tasks (``decode(split=True)``: for the variants and loads, the budgets of the fewest slices, as the ILP splits
+        them; the weights' five levels cannot say 151 / 8 / 41 ms). Each round ranks every move of one variant down and
+        of one variant down and another on a shared path up (accuracy traded along the path, as the ILP trades it),
+        and where paths join (no split) of one budget weight by one, by its slices at the current share level
+        without packing (one compiled call), and takes the first of the POLISH_TRIES cheapest whose full decode fits
+        the GPUs unsqueezed and keeps every app within its SLOs. From a squeezed plan, any move that fits is better.
+        Provisioning is the policy's to choose and stays. Rounds stop at no such move or after POLISH_ROUNDS. The
+        plan returned has split budgets; the levels are the policy's to step from."""
+        n_gpus = self.n_gpus
+
+        def better(d: Decoded, than: Decoded) -> bool:  # a split plan can be one the check refuses: evaluate it
+            return (d.app_ok.all() and d.gpus <= n_gpus and (than.gpus > n_gpus or d.slices < than.slices)
+                    and bool((evaluate(self.compiled(d), forecast_rps).path_p95_ms <= self.path_slo_ms).all()))
+
         current = self.decode(levels, forecast_rps) if decoded.overloaded else decoded
-        share = self._shares[current.share_level:current.share_level + 1]
+        split = self.decode(levels, forecast_rps, split=True)
+        current = split if better(split, current) else current
         for _ in range(POLISH_ROUNDS):
+            share = self._shares[current.share_level:current.share_level + 1]
             variants, weights, slices, ok = _polish_moves(
                 levels.variant, levels.weight, levels.provision, forecast_rps, share, *self._sizing, self.log_accuracy,
-                self.log_acc_slo, self.path_app, len(self.apps), self.co_path, self.n_variants,
-                self.fixed_budget is None)
+                self.log_acc_slo, self.path_app, len(self.apps), self.co_path, self.n_variants, *self._split_tables)
             cheaper = np.flatnonzero(ok & (slices < current.slices - 1e-9))
             for i in cheaper[np.argsort(slices[cheaper], kind="stable")][:POLISH_TRIES]:
                 trial = levels.replace(variant=variants[i], weight=weights[i])
-                d = self.decode(trial, forecast_rps)
-                if d.app_ok.all() and d.gpus <= self.n_gpus and (current.gpus > self.n_gpus or d.slices < current.slices):
+                d = self.decode(trial, forecast_rps, split=True, share_level=current.share_level)
+                if better(d, current):
                     levels, current = trial, d
                     break
             else:
                 break
-        return (levels, current) if current.gpus <= self.n_gpus else (levels, decoded)
+        for level in range(current.share_level):  # fewer slices may now fit with memory counted less
+            d = self.decode(levels, forecast_rps, split=True, share_level=level)
+            if better(d, current):
+                current = d
+                break
+        return (levels, current) if current.gpus <= n_gpus else (levels, decoded)
 
     def masks(self, levels: Levels, decoded: Decoded) -> np.ndarray:
         """[n_tasks, 11] booleans, per task the 3 + 3 + 5 choices of ACTION_NVEC that are allowed. Conservative
@@ -672,46 +718,150 @@ def _size(variant, budget, items, provision, forecast, task_app, capacity_factor
 
 
 @_jit
+def _split(variant, budget, load, share, by_need, need_cell, inv_thr, order, parent, free, slo_cells, app, task_app,
+           config, cells):  # pragma: no cover - compiled
+    """Into ``config`` and ``cells``, per task the configuration of its ``variant`` and its budget in cells of
+    BUDGET_RESOLUTION_MS that together take the fewest workers x ``share`` (one row of the ladder) for ``load``, over
+    every split of each path's SLO between its tasks; tasks not ``free`` keep ``budget``. A dynamic programme over
+    each app's tree, leaves first: the least cost of a task's subtree for every number of cells left to it, where
+    the task takes the cells of one of its breakpoints (a configuration that costs less than every one needing fewer
+    cells). -1 where no split fits. Only the tasks of ``app`` (-1: every app's); the others' entries stay."""
+    n, none = variant.size, inv_thr.size - 1
+    below = np.zeros((n, slo_cells.max() + 1))  # the children's least cost with r cells left under a task
+    choice = np.full(below.shape, -1, dtype=np.int64)  # the breakpoint taken with r cells left
+    option = np.empty((n, by_need.shape[2]), dtype=np.int64)
+    cost = np.empty((n, by_need.shape[2]))
+    top = np.empty(n, dtype=np.int64)  # the cells a source (or a task at its own budget) has
+    inner = np.zeros(n, dtype=np.bool_)  # a task with children
+    for t in range(n):
+        if parent[t] >= 0:
+            inner[parent[t]] = True
+    for i in range(n - 1, -1, -1):
+        t = order[i]
+        if app >= 0 and task_app[t] != app:
+            continue
+        top[t] = slo_cells[t] if free[t] else int(budget[t] * (1.0 / BUDGET_RESOLUTION_MS) + 1e-9)
+        m, least = 0, np.inf
+        for k in by_need[t, variant[t]]:  # by need: the breakpoints
+            if k >= none or need_cell[k] > top[t]:
+                break
+            c = max(1.0, np.ceil(load[t] * inv_thr[k] - 1e-9)) * share[k]
+            if c < least:
+                option[t, m], cost[t, m], least, m = k, c, c, m + 1
+        if not inner[t]:  # a leaf: its least cost falls with the cells left, breakpoint by breakpoint
+            j = -1
+            for r in range(top[t] if parent[t] < 0 else 0, top[t] + 1):
+                while j + 1 < m and need_cell[option[t, j + 1]] <= r:
+                    j += 1
+                choice[t, r] = j
+                if parent[t] >= 0:
+                    below[parent[t], r] += cost[t, j] if j >= 0 else np.inf
+            continue
+        for r in range(top[t] if parent[t] < 0 else 0, top[t] + 1):
+            best = np.inf
+            for j in range(m):
+                c = need_cell[option[t, j]]
+                if c > r:
+                    break
+                x = cost[t, j] + below[t, r - c]
+                if x < best:
+                    best, choice[t, r] = x, j
+            if parent[t] >= 0:
+                below[parent[t], r] += best
+    left = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        t = order[i]
+        if app >= 0 and task_app[t] != app:
+            continue
+        left[t] = top[t] if parent[t] < 0 else left[parent[t]] - cells[parent[t]]
+        j = choice[t, left[t]]
+        config[t], cells[t] = (option[t, j], need_cell[option[t, j]]) if j >= 0 else (-1, 0)
+
+
+@_jit
 def _decode(variant, weight, provision, forecast, shares, fixed_budget, incidence, slo_task, edge_fan, edge_parent,
             chain, chain_task, task_app, capacity_factor, by_segment, inv_thr, c_segment, seg_workers, seg_profile,
             profile_slices, log_accuracy, log_acc_slo, path_app, n_apps):  # pragma: no cover - compiled
     """``DecisionSpace.decode`` at every level of the share ladder (rows of ``shares``): per level the
     configurations, replicas, instance counts and slices; and the budgets, items and app verdicts (the same at
     every level: a budget no configuration fits is one at any share)."""
-    n, levels = variant.size, shares.shape[0]
+    n = variant.size
     budget = _budgets(weight, fixed_budget, incidence, slo_task)
     items = _items(variant, edge_fan, edge_parent, chain, chain_task, n)
     _, config, replicas = _size(variant, budget, items, provision, forecast, task_app, capacity_factor, by_segment,
                                 inv_thr, shares, c_segment.size)
+    counts, slices = _footprints(config, replicas, c_segment, seg_workers, seg_profile, profile_slices)
+    return budget, items, config, replicas, counts, slices, _apps_ok(variant, config[0], task_app, incidence,
+                                                                     log_accuracy, log_acc_slo, path_app, n_apps)
+
+
+@_jit
+def _decode_split(variant, weight, provision, forecast, shares, fixed_budget, incidence, slo_task, edge_fan,
+                  edge_parent, chain, chain_task, task_app, capacity_factor, inv_thr, c_segment, seg_workers,
+                  seg_profile, profile_slices, log_accuracy, log_acc_slo, path_app, n_apps, by_need, need_cell, order,
+                  parent, free, slo_cells):  # pragma: no cover - compiled
+    """``_decode`` with each level's budgets ``_split``'s (its cells; the weights' where not ``free``): budgets
+    [levels, n_tasks]. Its own kernel: the environment's decode is not charged the split's arguments."""
+    n, levels = variant.size, shares.shape[0]
+    budget = _budgets(weight, fixed_budget, incidence, slo_task)
+    items = _items(variant, edge_fan, edge_parent, chain, chain_task, n)
+    load = _loads(items, provision, forecast, task_app, capacity_factor)
+    config, replicas = np.empty((levels, n), dtype=np.int64), np.empty((levels, n), dtype=np.int64)
+    budgets, cells = np.empty((levels, n)), np.empty(n, dtype=np.int64)
+    for level in range(levels):
+        _split(variant, budget, load, shares[level], by_need, need_cell, inv_thr, order, parent, free, slo_cells, -1,
+               task_app, config[level], cells)
+        for t in range(n):
+            replicas[level, t] = _replicas(max(config[level, t], 0), load[t], inv_thr)
+            budgets[level, t] = cells[t] * BUDGET_RESOLUTION_MS if free[t] and cells[t] > 0 else budget[t]
+    counts, slices = _footprints(config, replicas, c_segment, seg_workers, seg_profile, profile_slices)
+    return budgets, items, config, replicas, counts, slices, _apps_ok(variant, config[0], task_app, incidence,
+                                                                      log_accuracy, log_acc_slo, path_app, n_apps)
+
+
+@_jit
+def _footprints(config, replicas, c_segment, seg_workers, seg_profile, profile_slices):  # pragma: no cover - compiled
+    """Per row of (config, replicas) [levels, n_tasks]: MIG instances per profile and their compute slices."""
+    levels = config.shape[0]
     counts, slices = np.empty((levels, profile_slices.size), dtype=np.int64), np.empty(levels)
     workers = np.empty(seg_workers.size)
     for level in range(levels):
         slices[level] = _instances(config[level], replicas[level], c_segment, seg_workers, seg_profile,
                                    profile_slices, counts[level], workers)
+    return counts, slices
+
+
+@_jit
+def _apps_ok(variant, config, task_app, incidence, log_accuracy, log_acc_slo, path_app, n_apps
+             ):  # pragma: no cover - compiled
+    """Per app: every task configured (``config`` >= 0) and every path within its accuracy SLO."""
     app_ok = np.ones(n_apps, dtype=np.bool_)
-    for t in range(n):
-        if config[0, t] < 0:
+    for t in range(variant.size):
+        if config[t] < 0:
             app_ok[task_app[t]] = False
     for p in range(incidence.shape[0]):
         x = 0.0
-        for t in range(n):
+        for t in range(variant.size):
             x += incidence[p, t] * log_accuracy[t, variant[t]]
         if x < log_acc_slo[p] - 1e-9:
             app_ok[path_app[p]] = False
-    return budget, items, config, replicas, counts, slices, app_ok
+    return app_ok
 
 
 @_jit
 def _polish_moves(variant, weight, provision, forecast, share, fixed_budget, incidence, slo_task, edge_fan,
                   edge_parent, chain, chain_task, task_app, capacity_factor, by_segment, inv_thr, c_segment,
                   seg_workers, seg_profile, profile_slices, log_accuracy, log_acc_slo, path_app, n_apps, co_path,
-                  n_variants, budget_moves):  # pragma: no cover - compiled
-    """``DecisionSpace.polish``'s moves from (variant, weight) as rows of variants and weights, each with
-    ``_decode``'s slices at the one share level of ``share`` and whether every app is configured and within its
-    accuracy SLO."""
+                  n_variants, by_need, need_cell, order, parent, free, slo_cells
+                  ):  # pragma: no cover - compiled
+    """``DecisionSpace.polish``'s moves from (variant, weight) as rows of variants and weights, each with its
+    slices, budgets split (``_split`` of the one row ``share``: a move re-splits only its own app), and whether
+    every app is configured and within its accuracy SLO. Weights move only where they set the budgets (not
+    ``free``: the split ignores them), and not under fixed budgets."""
     n = variant.size
-    most = n + n * n + (2 * n if budget_moves else 0)
+    most = n + n * n + 2 * n
     variants, weights = np.empty((most, n), dtype=np.int64), np.empty((most, n), dtype=np.int64)
+    moved_app = np.empty(most, dtype=np.int64)
     k = 0
     for t in range(n):
         if variant[t] == 0:
@@ -719,25 +869,36 @@ def _polish_moves(variant, weight, provision, forecast, share, fixed_budget, inc
         for u in range(-1, n):  # -1: t down alone; else t down and u, on a path with t, up
             if u >= 0 and not (co_path[t, u] and variant[u] < n_variants[u] - 1):
                 continue
-            variants[k], weights[k] = variant, weight
+            variants[k], weights[k], moved_app[k] = variant, weight, task_app[t]
             variants[k, t] -= 1
             if u >= 0:
                 variants[k, u] += 1
             k += 1
-    if budget_moves:
-        for t in range(n):
+    for t in range(n):
+        if fixed_budget.size == 0 and not free[t]:
             for step in (-1, 1):
                 if 1 <= weight[t] + step <= BUDGET_LEVELS:
-                    variants[k], weights[k] = variant, weight
+                    variants[k], weights[k], moved_app[k] = variant, weight, task_app[t]
                     weights[k, t] += step
                     k += 1
+    base, cells = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    _split(variant, _budgets(weight, fixed_budget, incidence, slo_task),
+           _loads(_items(variant, edge_fan, edge_parent, chain, chain_task, n), provision, forecast, task_app,
+                  capacity_factor),
+           share[0], by_need, need_cell, inv_thr, order, parent, free, slo_cells, -1, task_app, base, cells)
     slices, ok = np.empty(k), np.empty(k, dtype=np.bool_)
+    config, replicas = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    counts, workers = np.empty(profile_slices.size, dtype=np.int64), np.empty(seg_workers.size)
     for i in range(k):
-        _, _, _, _, _, s, app_ok = _decode(variants[i], weights[i], provision, forecast, share, fixed_budget,
-                                           incidence, slo_task, edge_fan, edge_parent, chain, chain_task, task_app,
-                                           capacity_factor, by_segment, inv_thr, c_segment, seg_workers,
-                                           seg_profile, profile_slices, log_accuracy, log_acc_slo, path_app, n_apps)
-        slices[i], ok[i] = s[0], app_ok.all()
+        load = _loads(_items(variants[i], edge_fan, edge_parent, chain, chain_task, n), provision, forecast, task_app,
+                      capacity_factor)
+        config[:] = base
+        _split(variants[i], _budgets(weights[i], fixed_budget, incidence, slo_task), load, share[0], by_need,
+               need_cell, inv_thr, order, parent, free, slo_cells, moved_app[i], task_app, config, cells)
+        for t in range(n):
+            replicas[t] = _replicas(max(config[t], 0), load[t], inv_thr)
+        slices[i] = _instances(config, replicas, c_segment, seg_workers, seg_profile, profile_slices, counts, workers)
+        ok[i] = _apps_ok(variants[i], config, task_app, incidence, log_accuracy, log_acc_slo, path_app, n_apps).all()
     return variants[:k], weights[:k], slices, ok
 
 
@@ -786,8 +947,11 @@ def _masks(variant, weight, provision, budget, items, config, replicas, slices, 
         out[:, 5] = False
     else:
         need, short = np.empty(n), np.empty(n, dtype=np.bool_)
+        path_weight = incidence @ weight.astype(np.float64)
         for t in range(n):
-            heaviest = np.rint(slo_task[t] * weight[t] / budget[t])  # the integer weight sum budgets() divided by
+            heaviest = 0.0  # the weight sum budgets() divides by (not read off the budget: a polished plan's is split)
+            for p in range(path_weight.size):
+                heaviest = max(heaviest, incidence[p, t] * path_weight[p])
             need[t] = min_budget[t, variant[t]] - 1e-9
             out[t, 3] = weight[t] > 1 and need[t] <= slo_task[t] * (weight[t] - 1) / max(heaviest - 1, 1e-9)
             short[t] = need[t] > slo_task[t] * weight[t] / (heaviest + 1)

@@ -18,7 +18,7 @@ from agents.ilp import solve
 from env.gym_env import ENV_ID, EnvConfig, JigsawEnv, forecast_rps
 from env.packing import Packer
 from env.perf import compile_plan, evaluate
-from env.space import ACTION_NVEC, HISTORY, Levels
+from env.space import ACTION_NVEC, BUDGET_RESOLUTION_MS, HISTORY, DecisionSpace, Levels
 from env.traces import DEFAULT_TRACE_DIR
 from profiles.catalog import load_catalog
 from profiles.errors import ConfigError
@@ -171,7 +171,7 @@ def test_from_the_ilps_variants_and_budgets_the_decoded_plan_costs_about_the_ilp
 
 
 def test_polish_from_the_most_accurate_variants_saves_slices_and_passes_the_check(env: JigsawEnv) -> None:
-    """From ``initial`` (every task's most accurate variant) the polished plans take 60 slices to 82 over three
+    """From ``initial`` (every task's most accurate variant) the polished plans take 54 slices to 82 over three
     demands (the ILP: 49), and the controller accepts each."""
     space, before, after = env.space, 0.0, 0.0
     controller = Controller(env.catalog, "h100", space.apps, env.config.gpus)
@@ -183,7 +183,7 @@ def test_polish_from_the_most_accurate_variants_saves_slices_and_passes_the_chec
         assert check.ok, check.reason
         assert d.slices < decoded.slices and not d.overloaded
         before, after = before + decoded.slices, after + d.slices
-    assert after <= 0.8 * before, (after, before)
+    assert after <= 0.7 * before, (after, before)
 
 
 @pytest.mark.parametrize("gpus", [4, 120])
@@ -209,6 +209,63 @@ def test_polish_never_costs_more_nor_breaks_what_the_check_accepted(gpus: int) -
             assert controller.check(space.plan(polished, d), forecast).ok
         improved += d.slices < decoded.slices
     assert improved > 10
+
+
+@pytest.mark.parametrize("apps", [("traffic_analysis",), ("ar_assistant",)])
+def test_split_budgets_are_the_cheapest_split_by_brute_force(apps: tuple[str, ...]) -> None:
+    """``decode(split=True)`` at a share level: its workers' total share is the least over every combination of the
+    tasks' configurations (of the levels' variants) whose needs fit each path's SLO, found by enumeration; its
+    budgets hold those needs and sum to at most the SLO along every path. A tree (detect feeding two
+    classifiers) and a chain of three."""
+    space = JigsawEnv(apps=apps, gpus=4).space
+    rng = np.random.default_rng(1)
+    slo_cells, need, share = space._slo_cells, space._need_cell, space._shares
+    for _ in range(12):
+        variant = rng.integers(0, space.n_variants)
+        levels = Levels(variant, rng.integers(1, 6, space.n_tasks), rng.integers(0, 4, space.n_tasks))
+        forecast, level = rng.uniform(20.0, 400.0, 1), int(rng.integers(0, share.shape[0]))
+        d = space.decode(levels, forecast, split=True, share_level=level)
+        load = forecast[0] * d.items * space._capacity_factor[levels.provision]
+        options = [np.flatnonzero((space.c_task == t) & (space.c_variant == variant[t])) for t in range(space.n_tasks)]
+        cost = [np.maximum(1.0, np.ceil(load[t] * space._c_inv_thr[k] - 1e-9)) * share[level, k]
+                for t, k in enumerate(options)]
+        grid = np.ix_(*(np.arange(len(k)) for k in options))  # every combination, one axis per task
+        total = sum(c[g] for c, g in zip(cost, grid, strict=True))
+        fits = np.ones(total.shape, dtype=bool)
+        for path in space.incidence > 0:
+            used = sum(need[k][g] for on, k, g in zip(path, options, grid, strict=True) if on)
+            fits &= used <= slo_cells[path.argmax()]
+        if not fits.any():
+            assert (d.config < 0).any()
+            continue
+        assert (d.config >= 0).all()
+        ours = float(sum(r * share[level, k] for r, k in zip(d.replicas, d.config, strict=True)))
+        assert ours == pytest.approx(total[fits].min(), rel=1e-12)
+        assert (space.incidence @ d.budget_ms <= space.path_slo_ms + 1e-9).all()
+        assert (need[d.config] * BUDGET_RESOLUTION_MS <= d.budget_ms + 1e-9).all()
+
+
+def test_an_app_whose_paths_join_keeps_its_weights_budgets_under_polish(toy, tmp_path) -> None:
+    """A diamond (a feeds b and c, both feed d) is no tree: the split leaves its budgets to the weights (a chain
+    beside it is split), and polish still returns a plan that fits with every app within its SLOs."""
+    spec = toy.copy()
+    spec.apps["diamond.yaml"] = {
+        "name": "diamond", "latency_slo_ms": 200, "accuracy_slo": 0.5,
+        "tasks": {t: {"family": "fb", "variants": ["b_small", "b_big"]} for t in ("b", "c", "d")}
+        | {"a": {"family": "fa", "variants": ["a_small", "a_big"]}},
+        "edges": [{"from": u, "to": v, "fanout": 1} for u, v in (("a", "b"), ("a", "c"), ("b", "d"), ("c", "d"))]}
+    catalog = load_catalog(spec.write(tmp_path))
+    space = DecisionSpace(catalog, "toy", ["chain", "diamond"], 6)
+    diamond = np.array([a == "diamond" for a, _ in space.tasks])
+    assert np.array_equal(space._split_free, ~diamond)
+    for rate in (5.0, 20.0):
+        forecast = np.array([rate, rate])
+        levels, weights, _ = space.repair(space.initial(), space.initial(), forecast)
+        split = space.decode(levels, forecast, split=True)
+        assert np.array_equal(split.budget_ms[diamond], weights.budget_ms[diamond])
+        assert not np.array_equal(split.budget_ms[~diamond], weights.budget_ms[~diamond])
+        _, d = space.polish(levels, weights, forecast)
+        assert d.app_ok.all() and d.gpus <= 6 and d.slices <= weights.slices
 
 
 def test_plan_and_fast_path_agree(env: JigsawEnv) -> None:
