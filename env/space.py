@@ -290,6 +290,8 @@ class DecisionSpace:
                         self._edge_fan, self._edge_parent, self._chain, self._chain_task, self.task_app,
                         self._capacity_factor, self._by_segment, self._c_inv_thr, self.c_segment,
                         self.seg_workers, self.seg_profile, self.profile_slices)
+        # the split's kernels look configurations up by need (_split_tables), not by budget cell: no by_segment
+        self._split_sizing = self._sizing[:9] + self._sizing[10:]
         self._c_obs = np.stack([self.c_slices / gpu.compute_slices,
                                 np.log2(self.c_batch) / math.log2(max(self.c_batch.max(), 2))])  # per configuration
 
@@ -340,11 +342,10 @@ class DecisionSpace:
         the configurations are chosen at that step of SHARE_LADDER only (fitting or not)."""
         first = 0 if share_level is None else share_level
         shares = self._shares if share_level is None else self._shares[first:first + 1]
-        if split:  # the split looks configurations up by need, not by budget cell: no by_segment table
+        if split:
             budget, items, config, replicas, counts, slices, app_ok = _decode_split(
-                levels.variant, levels.weight, levels.provision, forecast_rps, shares, *self._sizing[:9],
-                *self._sizing[10:], self.log_accuracy, self.log_acc_slo, self.path_app, len(self.apps),
-                *self._split_tables)
+                levels.variant, levels.weight, levels.provision, forecast_rps, shares, *self._split_sizing,
+                self.log_accuracy, self.log_acc_slo, self.path_app, len(self.apps), *self._split_tables)
         else:
             budget, items, config, replicas, counts, slices, app_ok = _decode(
                 levels.variant, levels.weight, levels.provision, forecast_rps, shares, *self._sizing,
@@ -473,7 +474,7 @@ class DecisionSpace:
         for _ in range(POLISH_ROUNDS):
             share = self._shares[current.share_level:current.share_level + 1]
             variants, weights, slices, ok = _polish_moves(
-                levels.variant, levels.weight, levels.provision, forecast_rps, share, *self._sizing, self.log_accuracy,
+                levels.variant, levels.weight, levels.provision, forecast_rps, share, *self._split_sizing, self.log_accuracy,
                 self.log_acc_slo, self.path_app, len(self.apps), self.co_path, self.n_variants, *self._split_tables)
             cheaper = np.flatnonzero(ok & (slices < current.slices - 1e-9))
             for i in cheaper[np.argsort(slices[cheaper], kind="stable")][:POLISH_TRIES]:
@@ -628,6 +629,12 @@ def _budgets(weight, fixed_budget, incidence, slo_task):  # pragma: no cover - c
 
 
 @_jit
+def _cell(budget_ms):  # pragma: no cover - compiled
+    """The cell of BUDGET_RESOLUTION_MS a budget falls in (floored): configurations are looked up by it."""
+    return int(budget_ms * (1.0 / BUDGET_RESOLUTION_MS) + 1e-9)
+
+
+@_jit
 def _cheapest(t, variant, budget, load, by_segment, inv_thr, shares, none, best, best_cost
               ):  # pragma: no cover - compiled
     """Into ``best``, per row of ``shares``, the fewest-slices configuration of task t for ``variant`` at
@@ -636,7 +643,7 @@ def _cheapest(t, variant, budget, load, by_segment, inv_thr, shares, none, best,
     levels = shares.shape[0]
     best[:] = -1
     best_cost[:] = np.inf
-    for k in by_segment[t, variant, int(budget * (1.0 / BUDGET_RESOLUTION_MS) + 1e-9)]:
+    for k in by_segment[t, variant, _cell(budget)]:
         workers = max(1.0, np.ceil(load * inv_thr[k] - 1e-9))
         for level in range(levels):
             cost = workers * shares[level, k]
@@ -740,7 +747,7 @@ def _split(variant, budget, load, share, by_need, need_cell, inv_thr, order, par
         t = order[i]
         if app >= 0 and task_app[t] != app:
             continue
-        top[t] = slo_cells[t] if free[t] else int(budget[t] * (1.0 / BUDGET_RESOLUTION_MS) + 1e-9)
+        top[t] = slo_cells[t] if free[t] else _cell(budget[t])
         m, least = 0, np.inf
         for k in by_need[t, variant[t]]:  # by need: the breakpoints
             if k >= none or need_cell[k] > top[t]:
@@ -850,9 +857,9 @@ def _apps_ok(variant, config, task_app, incidence, log_accuracy, log_acc_slo, pa
 
 @_jit
 def _polish_moves(variant, weight, provision, forecast, share, fixed_budget, incidence, slo_task, edge_fan,
-                  edge_parent, chain, chain_task, task_app, capacity_factor, by_segment, inv_thr, c_segment,
-                  seg_workers, seg_profile, profile_slices, log_accuracy, log_acc_slo, path_app, n_apps, co_path,
-                  n_variants, by_need, need_cell, order, parent, free, slo_cells
+                  edge_parent, chain, chain_task, task_app, capacity_factor, inv_thr, c_segment, seg_workers,
+                  seg_profile, profile_slices, log_accuracy, log_acc_slo, path_app, n_apps, co_path, n_variants,
+                  by_need, need_cell, order, parent, free, slo_cells
                   ):  # pragma: no cover - compiled
     """``DecisionSpace.polish``'s moves from (variant, weight) as rows of variants and weights, each with its
     slices, budgets split (``_split`` of the one row ``share``: a move re-splits only its own app), and whether
