@@ -86,7 +86,7 @@ from env.plan import GpuLayout, Plan
 from profiles.catalog import Catalog
 from profiles.errors import PlanError
 from profiles.tables import ConfigKind
-from profiles.types import GpuType
+from profiles.types import App, GpuType
 
 BATCH_TIMEOUT_SHARE = 0.5  # share of (budget - p95) a replica waits for its batch to fill
 RHO_MAX = 0.95  # the batch fill is evaluated at no more than this utilisation (see the module docstring)
@@ -172,10 +172,9 @@ def compile_plan(catalog: Catalog, plan: Plan) -> CompiledPlan:
     if not plan.apps:
         raise _fail("the plan serves no app", "apps", "give every app a configuration per task")
     app_names = tuple(plan.apps)
-    cols: dict[str, list[float]] = {k: [] for k in ("app", "p50", "p95", "thr", "n", "b", "budget", "F", "acc")}
+    cols: dict[str, list[float]] = {k: [] for k in ("p50", "p95", "thr", "n", "b", "budget", "F", "acc")}
     task_keys: list[tuple[str, str]] = []
-    path_keys: list[tuple[str, tuple[str, ...]]] = []
-    for ai, name in enumerate(app_names):
+    for name in app_names:
         if name not in catalog.apps:
             raise _fail(f"unknown app '{name}'", "apps", f"use one of {', '.join(catalog.apps)}")
         app = catalog.apps[name]
@@ -210,20 +209,33 @@ def compile_plan(catalog: Catalog, plan: Plan) -> CompiledPlan:
             if not (math.isfinite(cfg.budget_ms) and cfg.budget_ms > 0):
                 raise _fail(f"budget {cfg.budget_ms} ms", f"{where}.budget_ms", "give a finite number of ms > 0")
             task_keys.append((name, t))
-            for key, value in (("app", ai), ("p50", table.p50_ms[v, s, b]), ("p95", table.p95_ms[v, s, b]),
+            for key, value in (("p50", table.p50_ms[v, s, b]), ("p95", table.p95_ms[v, s, b]),
                                ("thr", table.throughput_rps[v, s, b]), ("n", cfg.replicas), ("b", cfg.batch),
                                ("budget", cfg.budget_ms), ("F", items[t]),
                                ("acc", app.task(t).variants[v].accuracy)):
                 cols[key].append(float(value))
-        path_keys += [(name, p) for p in app.paths()]
+    slices, gpus_used = _layout_usage(plan, gpu, set(task_keys))
+    arr = {k: np.array(v) for k, v in cols.items()}
+    structure = _structure(tuple(catalog.apps[a] for a in app_names))
+    return with_configs(structure, p50_ms=arr["p50"], p95_ms=arr["p95"], throughput_rps=arr["thr"],
+                        replicas=arr["n"].astype(np.int64), batch=arr["b"].astype(np.int64), budget_ms=arr["budget"],
+                        items_per_request=arr["F"], accuracy=arr["acc"], slices_used=slices, gpus_used=gpus_used)
+
+
+@functools.lru_cache(maxsize=64)
+def _structure(apps: tuple[App, ...]) -> CompiledPlan:
+    """The per-plan-independent part of ``compile_plan`` for these apps in this order (tasks, paths and the
+    matrices ``evaluate`` reads), built once: a 120-GPU check spent half its time rebuilding it. Keyed by the apps
+    themselves, so an app of a reloaded catalog that differs builds its own."""
+    app_names = tuple(a.name for a in apps)
+    task_keys = [(a.name, t) for a in apps for t in a.task_names]
+    path_keys = [(a.name, p) for a in apps for p in a.paths()]
     index = {k: i for i, k in enumerate(task_keys)}
     incidence = np.zeros((len(path_keys), len(task_keys)))
     for pi, (name, path) in enumerate(path_keys):
         incidence[pi, [index[(name, t)] for t in path]] = 1.0
-    slices, gpus_used = _layout_usage(plan, gpu, set(task_keys))
-    arr = {k: np.array(v) for k, v in cols.items()}
     path_app = np.array([app_names.index(a) for a, _ in path_keys])
-    parents = {(a, v): (a, u) for a in app_names for (u, v) in catalog.apps[a].edges}
+    parents = {(a.name, v): (a.name, u) for a in apps for (u, v) in a.edges}
     n_tasks, n_paths = len(task_keys), len(path_keys)
     on_path = np.full((n_tasks, n_paths), -np.inf)
     downstream = np.zeros((n_tasks, n_paths, n_tasks))
@@ -238,21 +250,24 @@ def compile_plan(catalog: Catalog, plan: Plan) -> CompiledPlan:
         while up in parents:  # a task with several parents counts the first chain (the apps are trees)
             up = parents[up]
             ancestors[index[up], ti] = 1.0
+    by_name = {a.name: a for a in apps}
     structure = CompiledPlan(
         app_names=app_names, task_keys=tuple(task_keys), path_keys=tuple(path_keys),
-        task_app=arr["app"].astype(np.intp), incidence=incidence.astype(np.int8), path_app=path_app,
-        latency_slo_ms=np.array([catalog.apps[a].latency_slo_ms for a, _ in path_keys]),
-        accuracy_slo=np.array([catalog.apps[a].accuracy_slo for a in app_names]),
+        task_app=np.array([app_names.index(a) for a, _ in task_keys], dtype=np.intp),
+        incidence=incidence.astype(np.int8), path_app=path_app,
+        latency_slo_ms=np.array([by_name[a].latency_slo_ms for a, _ in path_keys]),
+        accuracy_slo=np.array([a.accuracy_slo for a in apps]),
         _inc_t=np.ascontiguousarray(incidence.T),
         _path_in_app=(path_app[:, None] == np.arange(len(app_names))[None, :]).astype(float),
         _on_path=on_path, _downstream=np.ascontiguousarray(downstream.reshape(n_tasks * n_paths, n_tasks).T),
         _ancestors=ancestors, _source=np.array([float(k not in parents) for k in task_keys]),
-        _task_slo_ms=np.array([catalog.apps[a].latency_slo_ms for a, _ in task_keys]),
+        _task_slo_ms=np.array([by_name[a].latency_slo_ms for a, _ in task_keys]),
         _sink=np.array([index[(a, p[-1])] for a, p in path_keys], dtype=np.intp),
         **{f.name: None for f in fields(CompiledPlan) if f.name in _PER_PLAN})  # type: ignore[arg-type]
-    return with_configs(structure, p50_ms=arr["p50"], p95_ms=arr["p95"], throughput_rps=arr["thr"],
-                        replicas=arr["n"].astype(np.int64), batch=arr["b"].astype(np.int64), budget_ms=arr["budget"],
-                        items_per_request=arr["F"], accuracy=arr["acc"], slices_used=slices, gpus_used=gpus_used)
+    for value in vars(structure).values():  # every compiled plan of these apps shares them
+        if isinstance(value, np.ndarray):
+            _read_only(value)
+    return structure
 
 
 # the fields with_configs derives; the rest is the plan's structure (apps, tasks, paths), fixed per app set

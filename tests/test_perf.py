@@ -100,6 +100,13 @@ def test_overload_twice_capacity(one_task):
     assert m.path_p95_ms[0] <= SLO_MS  # what is served is served within its deadline
 
 
+def test_apps_that_differ_compile_apart(one_task, no_deadline):
+    # the plan's structure is built once per set of apps: an app of the same name with another SLO is another app
+    strict, loose = (compile_plan(c, one_plan()) for c in (one_task, no_deadline))
+    assert strict.latency_slo_ms.tolist() == [SLO_MS] and loose.latency_slo_ms.tolist() == [1e6]
+    assert float(one(one_task, 150.0).violation) > float(one(no_deadline, 150.0).violation) == pytest.approx(1 / 3, abs=0.01)
+
+
 def test_fill_p95_by_hand():
     # batch 2: half the items wait Exp(1): 0.5 e^-k = 0.05, k = ln 10. batch 4: the equal mixture of
     # Erlang 0..3 has tail (e^-k + e^-k (1 + k) + e^-k (1 + k + k^2 / 2)) / 4.
