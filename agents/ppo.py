@@ -31,7 +31,6 @@ import numpy as np
 import yaml
 
 from env.gym_env import DEFAULT_TRACES, ENV_ID, EnvConfig, JigsawEnv
-from env.perf import evaluate
 from env.plan import Plan
 from env.space import ACTION_NVEC, DecisionSpace, Levels
 from profiles.catalog import Catalog, load_catalog
@@ -179,7 +178,7 @@ class Policy:
         if start is not self.levels:
             self.levels, self.decoded, _ = space.repair(start, start, f)
         for _ in range(steps):
-            metrics = evaluate(space.compiled(self.decoded), history[-1])
+            metrics = space.evaluate(self.decoded, history[-1])
             obs = space.observation(self.levels, self.decoded, metrics, space.demand_features(history, f))
             action = self.actor.act(obs, space.masks(self.levels, self.decoded).reshape(-1))
             self.levels, self.decoded, _ = space.step(self.levels, action, f)

@@ -39,7 +39,6 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from env.perf import evaluate
 from env.sim import simulate_trace
 from env.space import ACTION_NVEC, BUDGET_LEVELS, HISTORY, OBS_HIGH, PROVISION_LEVELS, DecisionSpace, Levels, forecast_rps
 from env.traces import DEFAULT_TRACE_DIR, H100_APPS, Trace, load_trace
@@ -216,7 +215,7 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
                               rng.integers(0, len(PROVISION_LEVELS), size=self.space.n_tasks))
             start = self.space.repair(start, proposed, self._forecast())[0]
         self._levels, self._decoded, _ = self.space.repair(start, start, self._forecast())
-        self._metrics = evaluate(self.space.compiled(self._decoded), self._forecast())
+        self._metrics = self.space.evaluate(self._decoded, self._forecast())
         return self._observation(), {}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
@@ -227,7 +226,7 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
             self._levels, self._decoded = space.polish(self._levels, self._decoded, self._forecast())
         d = self._decoded
         if cfg.mode == "perf":  # one row per trace bin of the interval
-            metrics = evaluate(space.compiled(d), self._step_demand[self._trace][self._t])
+            metrics = space.evaluate(d, self._step_demand[self._trace][self._t])
             violation = float(np.dot(metrics.violation, self._bin_share[self._trace][self._t]))
             self._metrics = _last(metrics) if metrics.violation.ndim else metrics
         else:

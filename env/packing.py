@@ -5,10 +5,11 @@ microseconds on every step, so it packs greedily: repeatedly cut the maximal par
 most compute slices of what is still unplaced (ties: the one that places more of the big instances, which
 fit in fewer partitions, then the one with the fewest slices, i.e. the least waste), as many times over as it
 stays fully useful. Greedy can use a GPU more than the optimum on awkward mixes;
-the controller's check and the ILP fallback make that safe, never wrong. Results are memoised per
-(GPU type, counts), shared by every packer of the process: the environment revisits the same mixes constantly;
-a new mix is packed by a compiled (numba) kernel in a microsecond or two (in Python, 20 us; at 120 GPUs a
-random walk meets a new mix most steps).
+the controller's check and the ILP fallback make that safe, never wrong. From Python, results are memoised per
+(GPU type, counts), shared by every packer of the process (a layout's cuts; the GPUs a footprint needs): a new mix
+is packed by a compiled (numba) kernel in a microsecond or two (in Python, 20 us). ``DecisionSpace.decode``, which
+packs a few mixes of the share ladder on every environment step, counts GPUs inside its own kernel
+(``greedy_gpus``) instead: unmemoised there, a mix costs less than a lookup from Python did.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Packer:
         self._score = slices * (big_range * waste_range) + slices ** 2 * waste_range
         key = (gpu.name, tuple(map(tuple, self._parts.tolist())), tuple(slices.tolist()))
         self._memo, self._gpus = _MEMOS.setdefault(key, ({}, {}))
+        self.tables = (self._parts, self._score, self._waste)  # what greedy_gpus packs with, for compiled callers
 
     def pack(self, counts: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
         """Cut GPUs to hold ``counts`` instances per MIG profile (``gpu.mig_profiles`` order): a tuple of
@@ -82,6 +84,13 @@ class Packer:
             for _ in range(times):
                 gpus.append(GpuLayout(partition, tuple(queues[n].popleft() if queues[n] else () for n in partition)))
         return tuple(gpus)
+
+
+@numba.njit(cache=True)
+def greedy_gpus(counts, parts, score, waste):  # pragma: no cover - compiled
+    """``Packer.gpus_needed`` for compiled callers (``Packer.tables``), unmemoised: inside a kernel a mix packs in
+    well under a microsecond, less than the memo's lookup from Python costs."""
+    return _greedy(counts, parts, score, waste)[:, 1].sum()
 
 
 @numba.njit(cache=True)

@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import numba
@@ -426,22 +427,63 @@ def evaluate(compiled: CompiledPlan, demand_rps: np.ndarray) -> Metrics:
     :return: ``Metrics`` whose arrays carry the demand's leading shape (see the module docstring for the model).
     """
     c = compiled
+    d = _demand_rows(demand_rps, len(c.app_names))
+    rows = _evaluate_rows(d, c._lam_matrix, c._per_task, c._ancestors, c._inc_t, c._on_path, c._p95_cap_ms,
+                          c._path_in_app)
+    return _metrics(np.shape(demand_rps)[:-1], rows, c._fixed_outputs)
+
+
+def config_table(p95_ms: np.ndarray, accuracy: np.ndarray, service: np.ndarray) -> np.ndarray:
+    """What ``evaluate_configs`` reads of each of a set of configurations, stacked [12, n_configs]: the p95, the
+    variant's normalised accuracy, then the ``service_rows``."""
+    return np.vstack([p95_ms, accuracy, service])
+
+
+def evaluate_configs(structure: CompiledPlan, table: np.ndarray, config: np.ndarray, replicas: np.ndarray,
+                     budget_ms: np.ndarray, items_per_request: np.ndarray, slices_used: float, gpus_used: int,
+                     demand_rps: np.ndarray) -> Metrics:
+    """``evaluate(with_configs(structure, ...), demand_rps)`` for per-task configurations picked from a
+    ``config_table`` (``config`` [n_tasks] indexes its columns) in one compiled call, without the plan: the RL
+    environment's step needs the metrics alone (two calls and the plan's assembly took twice as long)."""
+    s = structure
+    d = _demand_rows(demand_rps, len(s.app_names))
+    *rows, path_acc = _evaluate_configs(
+        table, config, replicas, budget_ms, items_per_request, d, s._source, s.task_app, len(s.app_names),
+        s._task_slo_ms, s._inc_t, s._downstream, s._on_path, s.latency_slo_ms, s._sink, s._ancestors, s._path_in_app)
+    return _metrics(np.shape(demand_rps)[:-1], rows, (path_acc, np.array(slices_used), np.array(gpus_used)))
+
+
+def _demand_rows(demand_rps: np.ndarray, n_apps: int) -> np.ndarray:
     d = np.asarray(demand_rps, dtype=float)
-    if d.shape[-1:] != (len(c.app_names),):
-        raise ValueError(f"demand_rps has shape {d.shape}; the last axis must be the {len(c.app_names)} apps")
-    rho, p95, path_v, app_v, violated, violation = _evaluate_rows(
-        np.ascontiguousarray(d.reshape(-1, d.shape[-1])), c._lam_matrix, c._per_task, c._ancestors, c._inc_t,
-        c._on_path, c._p95_cap_ms, c._path_in_app)
-    lead = d.shape[:-1]
-    if d.ndim == 1:  # one demand: the compiled read-only constants as they are
-        accuracy, slices, gpus = c._fixed_outputs
-    else:
-        accuracy, slices, gpus = (_repeated(x, lead) for x in c._fixed_outputs)
-    return Metrics(
-        utilisation=rho.reshape(lead + rho.shape[1:]), path_p95_ms=p95.reshape(lead + p95.shape[1:]),
-        path_violation=path_v.reshape(lead + path_v.shape[1:]), app_violation=app_v.reshape(lead + app_v.shape[1:]),
-        app_violated_rps=violated.reshape(lead + violated.shape[1:]), violation=violation.reshape(lead),
-        path_accuracy=accuracy, slices_used=slices, gpus_used=gpus)
+    if d.shape[-1:] != (n_apps,):
+        raise ValueError(f"demand_rps has shape {d.shape}; the last axis must be the {n_apps} apps")
+    return np.ascontiguousarray(d.reshape(-1, n_apps))
+
+
+def _metrics(lead: tuple[int, ...], rows: Sequence[np.ndarray], fixed: tuple[np.ndarray, ...]) -> Metrics:
+    """``Metrics`` from ``_evaluate_rows``' outputs (one row per demand) reshaped to the demands' ``lead``ing shape,
+    with the demand-independent path accuracy, slices and GPUs (as they are for one demand, else repeated)."""
+    rho, p95, path_v, app_v, violated, violation = (x.reshape(lead + x.shape[1:]) for x in rows)
+    accuracy, slices, gpus = fixed if not lead else (_repeated(x, lead) for x in fixed)
+    return Metrics(utilisation=rho, path_p95_ms=p95, path_violation=path_v, app_violation=app_v,
+                   app_violated_rps=violated, violation=violation, path_accuracy=accuracy, slices_used=slices,
+                   gpus_used=gpus)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _evaluate_configs(table, config, replicas, budget_ms, items, d, source, task_app, n_apps, task_slo_ms, inc_t,
+                      downstream, on_path, latency_slo_ms, sink, ancestors, path_in_app):  # pragma: no cover - compiled
+    """``evaluate_configs``: the configurations' columns gathered (-1 wraps to the last, as numpy indexing does),
+    ``_derive`` and ``_evaluate_rows``; and the path accuracy."""
+    columns = np.empty((table.shape[0], config.size))
+    for t in range(config.size):
+        columns[:, t] = table[:, config[t]]
+    per_task, lam_matrix, p95_cap, path_acc = _derive(columns[2:], replicas, budget_ms, columns[0], items, columns[1],
+                                                      source, task_app, n_apps, task_slo_ms, inc_t, downstream,
+                                                      on_path, latency_slo_ms, sink)
+    rho, p95, path_v, app_v, violated, violation = _evaluate_rows(d, lam_matrix, per_task, ancestors, inc_t, on_path,
+                                                                  p95_cap, path_in_app)
+    return rho, p95, path_v, app_v, violated, violation, path_acc
 
 
 @numba.njit(cache=True, error_model="numpy")

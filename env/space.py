@@ -2,7 +2,9 @@
 
 Shared by the Gymnasium environment (``env.gym_env``) and the controller's policy proposer. ``decode`` and
 ``masks`` run as compiled (numba) kernels: numpy, at about a microsecond a call on ~10-task arrays, cost 45 and
-100 us per call, the kernels 7 and 6 (decode 17 at all nine levels of SHARE_LADDER).
+100 us per call, the kernels 7 and 6 (decode 16 at all nine levels of SHARE_LADDER, packing the levels it tries
+inside the kernel); ``evaluate`` predicts a decoded plan's metrics in one compiled call (18 us, where building the
+plan's ``CompiledPlan`` and evaluating it took 31).
 
 * **Variant**: an index into the task's ladder (least to most accurate); a step moves it by one.
 * **Budget**: an integer weight w_t in 1..BUDGET_LEVELS. A task's latency budget is its share of its app's
@@ -59,8 +61,8 @@ import numba
 import numpy as np
 
 from agents.ilp import Features, SolverOptions, candidates
-from env.packing import Packer
-from env.perf import CompiledPlan, compile_plan, evaluate, service_rows, with_configs
+from env.packing import Packer, greedy_gpus
+from env.perf import CompiledPlan, Metrics, compile_plan, config_table, evaluate_configs, service_rows, with_configs
 from env.plan import Plan, TaskConfig
 from profiles.catalog import Catalog
 from profiles.errors import SolverError
@@ -223,13 +225,15 @@ class DecisionSpace:
         self._shares = np.hstack([shares, np.full((len(SHARE_LADDER), 1), _NONE)])
         self.c_service = service_rows(self.c_p95, self.c_thr, self.c_batch)
         # what compiled() reads of each configuration, one row per quantity: a plan's columns in one gather
-        self._c_columns = np.vstack([self.c_p50, self.c_p95, self.c_thr, self.accuracy[self.c_task, self.c_variant],
-                                     self.c_service])
+        c_accuracy = self.accuracy[self.c_task, self.c_variant]
+        self._c_columns = np.vstack([self.c_p50, self.c_p95, self.c_thr, c_accuracy, self.c_service])
+        self._c_table = config_table(self.c_p95, c_accuracy, self.c_service)  # what evaluate() reads
         self.seg_profile = np.array([gpu.profile_index(s.mig_profile.name) for s in gpu.segments])
         self.seg_workers = np.array([s.mps_workers for s in gpu.segments], dtype=float)
         self.profile_slices = np.array([p.compute_slices for p in gpu.mig_profiles], dtype=float)
         self.total_slices = float(gpus * gpu.compute_slices)
         self.packer = Packer(gpu)
+        self._fitting = (self.total_slices, gpus, *self.packer.tables)  # what decode's kernels pack with
         self.log_accuracy = np.log(self.accuracy)
         self.log_acc_slo = np.log(self.acc_slo[self.path_app])
         self._on_path = self.incidence > 0
@@ -343,43 +347,27 @@ class DecisionSpace:
         first = 0 if share_level is None else share_level
         shares = self._shares if share_level is None else self._shares[first:first + 1]
         if split:
-            budget, items, config, replicas, counts, slices, app_ok = _decode_split(
+            budget, items, config, replicas, counts, slices, gpus, level, app_ok = _decode_split(
                 levels.variant, levels.weight, levels.provision, forecast_rps, shares, *self._split_sizing,
-                self.log_accuracy, self.log_acc_slo, self.path_app, len(self.apps), *self._split_tables)
+                self.log_accuracy, self.log_acc_slo, self.path_app, len(self.apps), *self._fitting,
+                *self._split_tables)
         else:
-            budget, items, config, replicas, counts, slices, app_ok = _decode(
+            budget, items, config, replicas, counts, slices, gpus, level, app_ok = _decode(
                 levels.variant, levels.weight, levels.provision, forecast_rps, shares, *self._sizing,
-                self.log_accuracy, self.log_acc_slo, self.path_app, len(self.apps))
-        rows, gpus_needed, total, n_gpus = counts.tolist(), self.packer.gpus_needed, self.total_slices, self.n_gpus
-        gpus = [n_gpus + 1] * len(rows)  # more compute slices than the cluster's never fit: no packing needed
-
-        def fits(level: int) -> bool:
-            if slices[level] <= total:
-                gpus[level] = gpus_needed(tuple(rows[level]))
-            return gpus[level] <= n_gpus
-
-        low, high = 0, len(rows) - 1
-        if fits(low):
-            high = low
-        elif fits(high):
-            while high - low > 1:  # low does not fit, high does: bisect (fitting is about monotone in the level)
-                mid = (low + high) // 2
-                low, high = (low, mid) if fits(mid) else (mid, high)
-        elif slices[high] > total:  # nothing fits: the caller repairs by the true count
-            gpus[high] = gpus_needed(tuple(rows[high]))
-        return Decoded(config[high], budget[high] if split else budget, items, replicas[high], tuple(rows[high]),
-                       float(slices[high]), gpus[high], app_ok, False, forecast_rps, first + high)
+                self.log_accuracy, self.log_acc_slo, self.path_app, len(self.apps), *self._fitting)
+        return Decoded(config, budget, items, replicas, tuple(counts.tolist()), slices, gpus, app_ok, False,
+                       forecast_rps, first + level)
 
     # ---- actions
 
     def step(self, levels: Levels, action: np.ndarray, forecast_rps: np.ndarray) -> tuple[Levels, Decoded, int]:
         """Apply ``action`` ([n_tasks, 3] or flat, MultiDiscrete ACTION_NVEC per task) to ``levels``: the new
         levels, what they decode to (repaired as the module docstring says), and how many repairs it took."""
-        a = np.asarray(action, dtype=np.int64).reshape(self.n_tasks, 3) - self._step_zero
-        lo, hi = self._level_low, self._level_high
-        proposed = Levels(np.minimum(np.maximum(levels.variant + a[:, 0], 0), hi[:, 0]),
-                          np.minimum(np.maximum(levels.weight + a[:, 1], lo[1]), hi[:, 1]),
-                          np.minimum(np.maximum(levels.provision + a[:, 2], 0), hi[:, 2]))
+        a = np.asarray(action, dtype=np.int64).reshape(-1)
+        if a.size != 3 * self.n_tasks:
+            raise ValueError(f"action has {a.size} entries; the space takes 3 per task, {3 * self.n_tasks}")
+        proposed = Levels(*_stepped(levels.variant, levels.weight, levels.provision, a, self._step_zero,
+                                    self._level_low, self._level_high))
         return self.repair(levels, proposed, forecast_rps)
 
     def repair(self, previous: Levels, proposed: Levels, forecast_rps: np.ndarray) -> tuple[Levels, Decoded, int]:
@@ -466,7 +454,7 @@ class DecisionSpace:
 
         def better(d: Decoded, than: Decoded) -> bool:  # a split plan can be one the check refuses: evaluate it
             return (d.app_ok.all() and d.gpus <= n_gpus and (than.gpus > n_gpus or d.slices < than.slices)
-                    and bool((evaluate(self.compiled(d), forecast_rps).path_p95_ms <= self.path_slo_ms).all()))
+                    and bool((self.evaluate(d, forecast_rps).path_p95_ms <= self.path_slo_ms).all()))
 
         current = self.decode(levels, forecast_rps) if decoded.overloaded else decoded
         split = self.decode(levels, forecast_rps, split=True)
@@ -520,6 +508,11 @@ class DecisionSpace:
         return with_configs(self.structure(), p50_ms=p50, p95_ms=p95, throughput_rps=thr, replicas=d.replicas,
                             batch=self.c_batch[d.config], budget_ms=d.budget_ms, items_per_request=d.items,
                             accuracy=accuracy, slices_used=d.slices, gpus_used=d.gpus, service=columns[4:])
+
+    def evaluate(self, d: Decoded, demand_rps: np.ndarray) -> Metrics:
+        """``env.perf.evaluate(self.compiled(d), demand_rps)`` in one compiled call, without the plan's arrays."""
+        return evaluate_configs(self.structure(), self._c_table, d.config, d.replicas, d.budget_ms, d.items, d.slices,
+                                d.gpus, demand_rps)
 
     def plan(self, levels: Levels, d: Decoded) -> Plan:
         """The decoded configuration as a ``Plan`` with a packed MIG layout."""
@@ -608,6 +601,17 @@ def _items(variant, edge_fan, edge_parent, chain, chain_task, n):  # pragma: no 
             x *= edge_fan[e, variant[edge_parent[e]]]
         items[chain_task[c]] += x
     return items
+
+
+@_jit
+def _stepped(variant, weight, provision, action, step_zero, low, high):  # pragma: no cover - compiled
+    """``DecisionSpace.step``'s new levels: per task each level moved by its head's choice less the no-change one,
+    clipped to the level's range (``low`` per head, ``high`` [n_tasks, 3])."""
+    out = np.empty((3, variant.size), dtype=np.int64)
+    for t in range(variant.size):
+        for h, level in enumerate((variant, weight, provision)):
+            out[h, t] = min(max(level[t] + action[3 * t + h] - step_zero[h], low[h]), high[t, h])
+    return out[0], out[1], out[2]
 
 
 @_jit
@@ -788,27 +792,30 @@ def _split(variant, budget, load, share, by_need, need_cell, inv_thr, order, par
 @_jit
 def _decode(variant, weight, provision, forecast, shares, fixed_budget, incidence, slo_task, edge_fan, edge_parent,
             chain, chain_task, task_app, capacity_factor, by_segment, inv_thr, c_segment, seg_workers, seg_profile,
-            profile_slices, log_accuracy, log_acc_slo, path_app, n_apps):  # pragma: no cover - compiled
-    """``DecisionSpace.decode`` at every level of the share ladder (rows of ``shares``): per level the
-    configurations, replicas, instance counts and slices; and the budgets, items and app verdicts (the same at
-    every level: a budget no configuration fits is one at any share)."""
+            profile_slices, log_accuracy, log_acc_slo, path_app, n_apps, total, n_gpus, parts, score, waste
+            ):  # pragma: no cover - compiled
+    """``DecisionSpace.decode``: the configurations at every level of the share ladder (rows of ``shares``), and of
+    the first level that fits (``_fitting``) the configurations, replicas, instance counts, slices, GPUs and the
+    level; and the budgets, items and app verdicts (the same at every level: a budget no configuration fits is one
+    at any share)."""
     n = variant.size
     budget = _budgets(weight, fixed_budget, incidence, slo_task)
     items = _items(variant, edge_fan, edge_parent, chain, chain_task, n)
     _, config, replicas = _size(variant, budget, items, provision, forecast, task_app, capacity_factor, by_segment,
                                 inv_thr, shares, c_segment.size)
-    counts, slices = _footprints(config, replicas, c_segment, seg_workers, seg_profile, profile_slices)
-    return budget, items, config, replicas, counts, slices, _apps_ok(variant, config[0], task_app, incidence,
-                                                                     log_accuracy, log_acc_slo, path_app, n_apps)
+    counts, slices, gpus, level = _fitting(config, replicas, c_segment, seg_workers, seg_profile, profile_slices,
+                                           total, n_gpus, parts, score, waste)
+    return (budget, items, config[level], replicas[level], counts, slices, gpus, level,
+            _apps_ok(variant, config[0], task_app, incidence, log_accuracy, log_acc_slo, path_app, n_apps))
 
 
 @_jit
 def _decode_split(variant, weight, provision, forecast, shares, fixed_budget, incidence, slo_task, edge_fan,
                   edge_parent, chain, chain_task, task_app, capacity_factor, inv_thr, c_segment, seg_workers,
-                  seg_profile, profile_slices, log_accuracy, log_acc_slo, path_app, n_apps, by_need, need_cell, order,
-                  parent, free, slo_cells):  # pragma: no cover - compiled
-    """``_decode`` with each level's budgets ``_split``'s (its cells; the weights' where not ``free``): budgets
-    [levels, n_tasks]. Its own kernel: the environment's decode is not charged the split's arguments."""
+                  seg_profile, profile_slices, log_accuracy, log_acc_slo, path_app, n_apps, total, n_gpus, parts, score,
+                  waste, by_need, need_cell, order, parent, free, slo_cells):  # pragma: no cover - compiled
+    """``_decode`` with each level's budgets ``_split``'s (its cells; the weights' where not ``free``). Its own
+    kernel: the environment's decode is not charged the split's arguments."""
     n, levels = variant.size, shares.shape[0]
     budget = _budgets(weight, fixed_budget, incidence, slo_task)
     items = _items(variant, edge_fan, edge_parent, chain, chain_task, n)
@@ -821,9 +828,10 @@ def _decode_split(variant, weight, provision, forecast, shares, fixed_budget, in
         for t in range(n):
             replicas[level, t] = _replicas(max(config[level, t], 0), load[t], inv_thr)
             budgets[level, t] = cells[t] * BUDGET_RESOLUTION_MS if free[t] and cells[t] > 0 else budget[t]
-    counts, slices = _footprints(config, replicas, c_segment, seg_workers, seg_profile, profile_slices)
-    return budgets, items, config, replicas, counts, slices, _apps_ok(variant, config[0], task_app, incidence,
-                                                                      log_accuracy, log_acc_slo, path_app, n_apps)
+    counts, slices, gpus, level = _fitting(config, replicas, c_segment, seg_workers, seg_profile, profile_slices,
+                                           total, n_gpus, parts, score, waste)
+    return (budgets[level], items, config[level], replicas[level], counts, slices, gpus, level,
+            _apps_ok(variant, config[0], task_app, incidence, log_accuracy, log_acc_slo, path_app, n_apps))
 
 
 @_jit
@@ -836,6 +844,37 @@ def _footprints(config, replicas, c_segment, seg_workers, seg_profile, profile_s
         slices[level] = _instances(config[level], replicas[level], c_segment, seg_workers, seg_profile,
                                    profile_slices, counts[level], workers)
     return counts, slices
+
+
+@_jit
+def _fitting(config, replicas, c_segment, seg_workers, seg_profile, profile_slices, total, n_gpus, parts, score, waste
+             ):  # pragma: no cover - compiled
+    """Of the rows of (config, replicas) [levels, n_tasks], the share ladder's, the first whose MIG instances fit
+    ``n_gpus`` GPUs, else the last (bisected: fitting is about monotone in the level): its instance counts, slices,
+    GPUs and row. A row of more compute slices than the cluster's ``total`` never fits and is not packed (its GPUs
+    n_gpus + 1), unless nothing fits: the caller repairs by the true count."""
+    counts, slices = _footprints(config, replicas, c_segment, seg_workers, seg_profile, profile_slices)
+    gpus = np.full(slices.size, n_gpus + 1, dtype=np.int64)
+    low, high = 0, slices.size - 1
+    if _fits(low, counts, slices, total, n_gpus, gpus, parts, score, waste):
+        high = low
+    elif _fits(high, counts, slices, total, n_gpus, gpus, parts, score, waste):
+        while high - low > 1:  # low does not fit, high does
+            mid = (low + high) // 2
+            if _fits(mid, counts, slices, total, n_gpus, gpus, parts, score, waste):
+                high = mid
+            else:
+                low = mid
+    elif slices[high] > total:
+        gpus[high] = greedy_gpus(counts[high], parts, score, waste)
+    return counts[high], slices[high], gpus[high], high
+
+
+@_jit
+def _fits(level, counts, slices, total, n_gpus, gpus, parts, score, waste):  # pragma: no cover - compiled
+    if slices[level] <= total:
+        gpus[level] = greedy_gpus(counts[level], parts, score, waste)
+    return gpus[level] <= n_gpus
 
 
 @_jit

@@ -278,6 +278,31 @@ def test_plan_and_fast_path_agree(env: JigsawEnv) -> None:
     np.testing.assert_allclose(fast.violation, slow.violation, rtol=1e-4, atol=1e-9)
 
 
+@pytest.mark.parametrize("gpus", [4, 120])
+def test_the_steps_compiled_shortcuts_agree_with_the_plain_paths(gpus: int) -> None:
+    """A step evaluates its plan in one compiled call (``space.evaluate``) and decode counts GPUs inside its kernel:
+    exactly what ``evaluate`` on the compiled plan and the memoised packer say, for one demand and several, along
+    a random walk and at random levels (plans that fit and plans that do not)."""
+    e = JigsawEnv(gpus=gpus)
+    e.reset(seed=5)
+    space, rng = e.space, np.random.default_rng(5)
+    for _ in range(40):
+        _, _, _, truncated, _ = e.step(random_actions(e.action_masks(), rng))
+        f = e._forecast()
+        levels = Levels(rng.integers(0, space.n_variants), rng.integers(1, 6, space.n_tasks),
+                        rng.integers(0, 10, space.n_tasks))
+        for d in (e._decoded, space.decode(levels, f * rng.uniform(0.5, 3.0))):
+            for demand in (f, np.stack([f, 2.0 * f, 0.0 * f])):
+                fast, plain = space.evaluate(d, demand), evaluate(space.compiled(d), demand)
+                for name, value in vars(plain).items():
+                    np.testing.assert_array_equal(getattr(fast, name), value, err_msg=name)
+            if not d.overloaded:
+                packed = space.packer.gpus_needed(d.counts)
+                assert d.gpus == packed or (d.slices > space.total_slices and d.gpus == gpus + 1)
+        if truncated:
+            e.reset()
+
+
 def test_packing_holds_the_instances_and_is_tight_on_simple_mixes() -> None:
     gpu = load_catalog().gpu("h100")
     packer = Packer(gpu)
