@@ -219,6 +219,8 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
         return self._observation(), {}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self._t >= self._end:  # past the trace part's end there is no demand to step on
+            raise gym.error.ResetNeeded("the episode has ended (truncated): call reset() before step()")
         cfg, space = self.config, self.space
         previous = self._decoded
         self._levels, self._decoded, repairs = space.step(self._levels, action, self._forecast())

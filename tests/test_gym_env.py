@@ -361,6 +361,19 @@ def test_vectorised_wrappers() -> None:
             vec.close()
 
 
+def test_stepping_past_the_episode_asks_for_a_reset() -> None:
+    e = JigsawEnv(episode_intervals=3)
+    with pytest.raises(gym.error.ResetNeeded):
+        e.step(np.tile(NOOP, e.space.n_tasks))
+    e.reset(seed=0)
+    truncated = [e.step(np.tile(NOOP, e.space.n_tasks))[3] for _ in range(3)]
+    assert truncated == [False, False, True]
+    with pytest.raises(gym.error.ResetNeeded, match="reset"):
+        e.step(np.tile(NOOP, e.space.n_tasks))
+    e.reset()
+    e.step(np.tile(NOOP, e.space.n_tasks))
+
+
 def test_levels_out_of_range_are_clipped(env: JigsawEnv) -> None:
     env.reset(seed=0)
     top = Levels(env.space.n_variants - 1, np.full(env.space.n_tasks, 5), np.full(env.space.n_tasks, 9))
