@@ -33,9 +33,11 @@ Instances: workers of one segment type share instances (ceil(workers / MPS worke
 greedily onto GPUs (``env.packing``). A step that makes an app infeasible (no configuration fits a budget,
 or a path under the accuracy SLO) is undone for that app; one that does not fit the GPUs has its
 provisioning undone, then drops to the lowest level, then has its variant raises undone, then steps variants
-down (``_fit_by_variants``: cheaper variants within the accuracy SLOs, as the ILP would choose), then, if demand
-alone exceeds the cluster, scales all replicas down until the plan fits (the plan is then overloaded: the
-performance model counts the excess as violated).
+down (one task at a time, the one taking the most slices whose variant a step down keeps its paths within the
+accuracy SLOs and frees slices: cheaper variants, as the ILP would choose), then, if demand alone exceeds the
+cluster, scales all replicas down until the plan fits (the plan is then overloaded: the performance model counts
+the excess as violated); if even one replica per task does not fit, it starts once more from the previous
+variants and budgets (``_repair``, one compiled call).
 
 ``polish`` is a local search the controller's policy proposer runs on each proposal (not the environment's steps:
 at 0.3-1 ms it costs several of them). It splits each app's latency SLO between its tasks exactly, for the
@@ -330,13 +332,6 @@ class DecisionSpace:
         """Items per app request reaching each task, for variants [n_tasks]."""
         return _items(variant, self._edge_fan, self._edge_parent, self._chain, self._chain_task, self.n_tasks)
 
-    def footprint(self, config: np.ndarray, replicas: np.ndarray) -> tuple[tuple[int, ...], float, int]:
-        counts = np.empty(len(self.profile_slices), dtype=np.int64)
-        slices = _instances(config, replicas, self.c_segment, self.seg_workers, self.seg_profile, self.profile_slices,
-                            counts, np.empty(len(self.seg_workers)))
-        key = tuple(counts.tolist())
-        return key, slices, self.packer.gpus_needed(key)
-
     def decode(self, levels: Levels, forecast_rps: np.ndarray, split: bool = False,
                share_level: int | None = None) -> Decoded:
         """The configuration ``levels`` imply at ``forecast_rps`` (req/s per app), unrepaired: per task its budget,
@@ -371,74 +366,16 @@ class DecisionSpace:
         return self.repair(levels, proposed, forecast_rps)
 
     def repair(self, previous: Levels, proposed: Levels, forecast_rps: np.ndarray) -> tuple[Levels, Decoded, int]:
-        """``proposed`` made valid against ``previous`` (which must be valid): see the module docstring."""
-        repairs = 0
-        decoded = self.decode(proposed, forecast_rps)
-        if not decoded.app_ok.all():  # undo the failing apps' variant and budget moves
-            back = ~decoded.app_ok[self.task_app]
-            proposed = proposed.replace(variant=np.where(back, previous.variant, proposed.variant),
-                                        weight=np.where(back, previous.weight, proposed.weight))
-            repairs += int((~decoded.app_ok).sum())
-            decoded = self.decode(proposed, forecast_rps)
-        if decoded.gpus > self.n_gpus:
-            for provision in (np.minimum(proposed.provision, previous.provision), np.zeros(self.n_tasks, np.int64)):
-                repairs += 1
-                proposed = proposed.replace(provision=provision)
-                decoded = self.decode(proposed, forecast_rps)
-                if decoded.gpus <= self.n_gpus:
-                    break
-            else:
-                lowered = proposed.replace(variant=np.minimum(proposed.variant, previous.variant))
-                if not np.array_equal(lowered.variant, proposed.variant):  # undo this step's variant raises
-                    d = self.decode(lowered, forecast_rps)
-                    if d.app_ok.all():
-                        proposed, decoded, repairs = lowered, d, repairs + 1
-                proposed, decoded, steps = self._fit_by_variants(proposed, decoded, forecast_rps)
-                repairs += steps
-                if decoded.gpus > self.n_gpus:
-                    decoded = self._squeeze(decoded)
-                if decoded.gpus > self.n_gpus and not proposed.same_configuration(previous):
-                    # one replica each is too much: keep the previous configuration, which fitted
-                    repairs += 1
-                    previous = previous.replace(provision=proposed.provision)
-                    proposed, decoded, more = self.repair(previous, previous, forecast_rps)
-                    repairs += more
-        return proposed, decoded, repairs
-
-    def _fit_by_variants(self, levels: Levels, decoded: Decoded, forecast_rps: np.ndarray
-                         ) -> tuple[Levels, Decoded, int]:
-        """Step variants down, one task at a time, until the plan fits the GPUs: each time the task taking the most
-        slices whose next variant down keeps every path within its accuracy SLO and frees slices."""
-        steps = 0
-        while decoded.gpus > self.n_gpus:
-            v = levels.variant
-            can = (v > 0) & _variant_steps_ok(v, decoded.budget_ms, self.incidence, self.log_accuracy, self.log_acc_slo,
-                                              self._neighbour_min_budget, self._neighbour_accuracy_drop)[:, 0]
-            taken = decoded.replicas * self.c_instance_slices[np.maximum(decoded.config, 0)]
-            for t in np.flatnonzero(can)[np.argsort(-taken[can], kind="stable")]:
-                variant = v.copy()
-                variant[t] -= 1
-                trial = levels.replace(variant=variant)
-                d = self.decode(trial, forecast_rps)
-                if d.app_ok.all() and d.slices < decoded.slices:
-                    levels, decoded, steps = trial, d, steps + 1
-                    break
-            else:
-                break
-        return levels, decoded, steps
-
-    def _squeeze(self, d: Decoded) -> Decoded:
-        """Scale replicas down by a common factor, from the share of slices that fit, until the plan fits."""
-        factor = min(1.0, self.total_slices / max(d.slices, 1e-9))
-        config = np.maximum(d.config, 0)
-        for _ in range(SQUEEZE_TRIES):
-            reps = np.maximum(1, np.floor(d.replicas * factor)).astype(np.int64)
-            counts, slices, gpus = self.footprint(config, reps)
-            if gpus <= self.n_gpus:
-                break
-            factor *= SQUEEZE_STEP
-        return Decoded(d.config, d.budget_ms, d.items, reps, counts, slices, gpus, d.app_ok, True, d.forecast_rps,
-                       d.share_level)
+        """``proposed`` made valid against ``previous`` (which must be valid), as the module docstring says: the
+        levels, what they decode to, and how many repairs it took. One compiled call (``_repair``): a repair decodes
+        up to a dozen times, and each decode from Python cost more in calling than in computing."""
+        *levels, budget, items, config, replicas, counts, slices, gpus, level, app_ok, overloaded, repairs = _repair(
+            previous.variant, previous.weight, previous.provision, proposed.variant, proposed.weight,
+            proposed.provision, forecast_rps, self._shares, *self._sizing, self.log_accuracy, self.log_acc_slo,
+            self.path_app, len(self.apps), *self._fitting, self._neighbour_min_budget, self._neighbour_accuracy_drop,
+            self.c_instance_slices)
+        return (Levels(*levels), Decoded(config, budget, items, replicas, tuple(counts.tolist()), slices, gpus, app_ok,
+                                         overloaded, forecast_rps, level), repairs)
 
     def polish(self, levels: Levels, decoded: Decoded, forecast_rps: np.ndarray) -> tuple[Levels, Decoded]:
         """A local search from ``levels`` for fewer slices, with each app's latency SLO split exactly between its
@@ -844,6 +781,92 @@ def _footprints(config, replicas, c_segment, seg_workers, seg_profile, profile_s
         slices[level] = _instances(config[level], replicas[level], c_segment, seg_workers, seg_profile,
                                    profile_slices, counts[level], workers)
     return counts, slices
+
+
+@_jit
+def _repair(prev_variant, prev_weight, prev_provision, variant, weight, provision, forecast, shares, fixed_budget,
+            incidence, slo_task, edge_fan, edge_parent, chain, chain_task, task_app, capacity_factor, by_segment, inv_thr,
+            c_segment, seg_workers, seg_profile, profile_slices, log_accuracy, log_acc_slo, path_app, n_apps, total,
+            n_gpus, parts, score, waste, neighbour_min_budget, neighbour_accuracy_drop, c_instance_slices
+            ):  # pragma: no cover - compiled
+    """``DecisionSpace.repair``: the repaired levels, ``_decode``'s outputs for them (squeezed, ``overloaded``, where
+    even that did not fit), and the repairs counted. A plan that fits at none of it, at one replica per task, is
+    tried again from the previous configuration (at the provisioning reached), once."""
+    sizing = (fixed_budget, incidence, slo_task, edge_fan, edge_parent, chain, chain_task, task_app, capacity_factor,
+              by_segment, inv_thr, c_segment, seg_workers, seg_profile, profile_slices, log_accuracy, log_acc_slo,
+              path_app, n_apps, total, n_gpus, parts, score, waste)
+    variant, weight, provision = variant.copy(), weight.copy(), provision.copy()
+    repairs = 0
+    for attempt in range(2):
+        overloaded = False
+        d = _decode(variant, weight, provision, forecast, shares, *sizing)
+        if not d[8].all():  # undo the failing apps' variant and budget moves
+            for t in range(variant.size):
+                if not d[8][task_app[t]]:
+                    variant[t], weight[t] = prev_variant[t], prev_weight[t]
+            repairs += int((~d[8]).sum())
+            d = _decode(variant, weight, provision, forecast, shares, *sizing)
+        if d[6] <= n_gpus:
+            break
+        provision = np.minimum(provision, prev_provision)  # the provisioning raises undone, then the lowest level
+        repairs += 1
+        d = _decode(variant, weight, provision, forecast, shares, *sizing)
+        if d[6] <= n_gpus:
+            break
+        provision = np.zeros_like(provision)
+        repairs += 1
+        d = _decode(variant, weight, provision, forecast, shares, *sizing)
+        if d[6] <= n_gpus:
+            break
+        lowered = np.minimum(variant, prev_variant)
+        if (lowered != variant).any():  # undo this step's variant raises
+            e = _decode(lowered, weight, provision, forecast, shares, *sizing)
+            if e[8].all():
+                variant, d, repairs = lowered, e, repairs + 1
+        while d[6] > n_gpus:  # variants down, each time the task taking the most slices whose step down frees some
+            can = (variant > 0) & _variant_steps_ok(variant, d[0], incidence, log_accuracy, log_acc_slo,
+                                                    neighbour_min_budget, neighbour_accuracy_drop)[:, 0]
+            candidates = np.flatnonzero(can)
+            taken = d[3][candidates] * c_instance_slices[np.maximum(d[2][candidates], 0)]
+            stepped = False
+            for t in candidates[np.argsort(-taken, kind="mergesort")]:
+                trial = variant.copy()
+                trial[t] -= 1
+                e = _decode(trial, weight, provision, forecast, shares, *sizing)
+                if e[8].all() and e[5] < d[5]:
+                    variant, d, repairs, stepped = trial, e, repairs + 1, True
+                    break
+            if not stepped:
+                break
+        if d[6] > n_gpus:
+            d, overloaded = _squeeze(d, total, n_gpus, c_segment, seg_workers, seg_profile, profile_slices, parts,
+                                     score, waste), True
+        if d[6] <= n_gpus or attempt or ((variant == prev_variant).all() and (weight == prev_weight).all()):
+            break
+        repairs += 1  # one replica each is too much: keep the previous configuration, which fitted
+        variant, weight, prev_provision = prev_variant.copy(), prev_weight.copy(), provision
+    return (variant, weight, provision, *d, overloaded, repairs)
+
+
+@_jit
+def _squeeze(d, total, n_gpus, c_segment, seg_workers, seg_profile, profile_slices, parts, score, waste
+             ):  # pragma: no cover - compiled
+    """``_decode``'s outputs ``d`` with the replicas scaled down by a common factor, from the share of slices that
+    fit, until the plan fits (or SQUEEZE_TRIES)."""
+    budget, items, config, replicas, counts, slices, gpus, level, app_ok = d
+    factor = min(1.0, total / max(slices, 1e-9))
+    config_or_first = np.maximum(config, 0)
+    reps = np.empty_like(replicas)
+    counts, workers = np.empty_like(counts), np.empty(seg_workers.size)
+    for _ in range(SQUEEZE_TRIES):
+        for t in range(reps.size):
+            reps[t] = max(1.0, math.floor(replicas[t] * factor))
+        slices = _instances(config_or_first, reps, c_segment, seg_workers, seg_profile, profile_slices, counts, workers)
+        gpus = greedy_gpus(counts, parts, score, waste)
+        if gpus <= n_gpus:
+            break
+        factor *= SQUEEZE_STEP
+    return budget, items, config, reps, counts, slices, gpus, level, app_ok
 
 
 @_jit
