@@ -1,6 +1,6 @@
-"""The systems ``agents.evaluate`` compares. Each is a fresh object per evaluated trace segment with one method,
+"""The systems ``jigsaw.agents.evaluate`` compares. Each is a fresh object per evaluated trace segment with one method,
 ``decide(measured req/s per app of the last interval, those of its busiest trace bin) -> Decision``; all but
-``static_peak`` are ``agents.controller.Controller``s, so they forecast, check and fall back the same way.
+``static_peak`` are ``jigsaw.agents.controller.Controller``s, so they forecast, check and fall back the same way.
 
 * ``ilp``: no proposer, the ILP re-solved every interval on the cluster (the paper's controller, our reference).
 * ``static_peak``: one ILP plan for the segment's peak interval demand, never changed (it knows the peak in
@@ -12,7 +12,7 @@
 * ``greedy``: a reactive, SlackFit-like rule, ``Greedy``, on its own, as such systems run: its plan is applied
   whenever it fits the catalog and the GPUs, without the performance check (through the check, the ILP took
   every interval of the shipped held-out traces at load 0.4 on 4 GPUs, and the row only repeated the ILP's).
-  Per task, on ``env.space.DecisionSpace``:
+  Per task, on ``jigsaw.env.space.DecisionSpace``:
     1. latency budget = the task's equal share of its paths' SLO (middle budget weights), and the most
        accurate variant with a configuration within that budget;
     2. segment type and batch: the decision space's rule (the fewest slices for the forecast within the budget);
@@ -33,13 +33,14 @@ from typing import Protocol
 
 import numpy as np
 
-from agents.controller import Controller, Decision
-from agents.ilp import Features, SolverOptions, solve
-from env.gym_env import EnvConfig
-from env.plan import Plan
-from env.space import DecisionSpace
-from profiles.catalog import Catalog
-from profiles.errors import ConfigError
+from jigsaw.agents.controller import Controller, Decision
+from jigsaw.agents.ilp import solve
+from jigsaw.env.candidates import Features, SolverOptions
+from jigsaw.env.gym_env import EnvConfig
+from jigsaw.env.plan import Plan
+from jigsaw.env.space import DecisionSpace
+from jigsaw.profiles.catalog import Catalog
+from jigsaw.profiles.errors import ConfigError
 
 SYSTEM_NAMES = ("policy", "policy_alone", "ilp", "static_peak", "a_t", "s_t", "a_s", "greedy")
 POLICY_SYSTEMS = ("policy", "policy_alone")
@@ -59,7 +60,7 @@ SystemFactory = Callable[[Mapping[str, float]], Decider]
 
 
 class PolicyLike(Protocol):
-    """What ``agents.ppo.load_policy`` returns, as far as the evaluation needs it."""
+    """What ``jigsaw.agents.ppo.load_policy`` returns, as far as the evaluation needs it."""
 
     version: str
 

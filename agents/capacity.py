@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from profiles.catalog import Catalog
-from profiles.tables import ConfigKind
-from profiles.types import GpuType
+from jigsaw.env.candidates import FEATURE_SETS, Features, SolverOptions
+from jigsaw.profiles.catalog import Catalog
+from jigsaw.profiles.tables import ConfigKind
+from jigsaw.profiles.types import GpuType
 
-from .ilp import FEATURE_SETS, AppBlock, Features, SolverOptions, check_request, is_feasible, prepare
+from .ilp import AppBlock, check_request, is_feasible, prepare
 
 # The paper's analytical table (120 H100 = 840 slices), capacity relative to no lever.
 PAPER_RATIOS = {"none": 1.0, "A": 1.6, "S": 5.25, "T": 1.1, "A+T": 1.9, "S+T": 7.8, "A+S": 12.1, "A+S+T": 21.6}

@@ -1,7 +1,7 @@
 """The controller: one decision per control interval, the same in evaluation and in the daemon.
 
 ``Controller.decide(demand)`` returns a ``Decision``: a proposer (the trained policy, when one is given)
-suggests a plan; ``check`` tests it with ``env.perf`` against the forecast demand (the plan compiles against
+suggests a plan; ``check`` tests it with ``jigsaw.env.perf`` against the forecast demand (the plan compiles against
 the catalog with a valid MIG layout on at most the cluster's GPUs, every path's predicted p95 is within its
 SLO, every path meets its app's accuracy SLO, and every task has capacity >= demand x headroom). A plan that
 fails, or a proposer that raises, hands the interval to the ILP (time-limited). A forecast the cluster
@@ -19,12 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agents.ilp import Features, SolveResult, SolverOptions, solve
-from env.perf import compile_plan, evaluate
-from env.plan import Plan
-from env.space import HISTORY, forecast_rps
-from profiles.catalog import Catalog
-from profiles.errors import JigsawError
+from jigsaw.agents.ilp import SolveResult, solve
+from jigsaw.env.candidates import Features, SolverOptions
+from jigsaw.env.perf import compile_plan, evaluate
+from jigsaw.env.plan import Plan
+from jigsaw.env.space import HISTORY, forecast_rps
+from jigsaw.profiles.catalog import Catalog
+from jigsaw.profiles.errors import JigsawError
 
 # A proposer maps (measured req/s per app over the last HISTORY intervals [HISTORY, n_apps] in the controller's
 # app order, the forecast req/s per app, the plan in force) to a plan; it may raise.
@@ -107,7 +108,7 @@ class Controller:
 
     def observe(self, measured: Mapping[str, float], peak: Mapping[str, float] | None = None) -> dict[str, float]:
         """Record the last interval's measured req/s per app (and, where known, its busiest sub-interval's);
-        return the forecast for the next one (``env.space.forecast_rps``)."""
+        return the forecast for the next one (``jigsaw.env.space.forecast_rps``)."""
         rates = np.array([max(0.0, float(measured.get(a, 0.0))) for a in self.apps])
         self.history = (np.repeat(rates[None, :], HISTORY, axis=0) if self.history is None
                         else np.vstack([self.history[1:], rates]))

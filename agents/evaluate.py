@@ -1,10 +1,10 @@
-"""Head-to-head evaluation of the systems of ``agents.baselines`` on held-out trace segments, in ``sim`` mode.
+"""Head-to-head evaluation of the systems of ``jigsaw.agents.baselines`` on held-out trace segments, in ``sim`` mode.
 
-A segment is one held-out trace (scaled as in training, ``env.gym_env``), intervals ``HISTORY`` to
+A segment is one held-out trace (scaled as in training, ``jigsaw.env.gym_env``), intervals ``HISTORY`` to
 ``HISTORY + intervals``. For each segment, each system in turn (a fresh one, built from the segment's peak
 interval demand), and each interval t: ``decide`` gets the measured req/s of interval t-1 (the trace's mean
 rate per app over that interval, and that of its busiest trace bin: the same numbers for every system), then
-``env.sim.simulate_trace`` serves
+``jigsaw.env.sim.simulate_trace`` serves
 interval t with the decided plan. Arrivals are seeded per (seed, trace, interval), so every system serves the
 same requests. An interval without any plan (the ILP never found one) counts every request as violated and
 0 slices.
@@ -34,13 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from agents.baselines import SystemFactory
-from agents.ilp import Features, SolverOptions, solve
-from env.gym_env import EnvConfig, JigsawEnv
-from env.sim import simulate_trace
-from env.space import HISTORY
-from profiles.catalog import Catalog
-from profiles.errors import ensure_writable_dir
+from jigsaw.agents.baselines import SystemFactory
+from jigsaw.agents.ilp import solve
+from jigsaw.env.candidates import Features, SolverOptions
+from jigsaw.env.gym_env import EnvConfig, JigsawEnv
+from jigsaw.env.sim import simulate_trace
+from jigsaw.env.space import HISTORY
+from jigsaw.profiles.catalog import Catalog
+from jigsaw.profiles.errors import ensure_writable_dir
 
 TAGS = ("eval/slices", "eval/violation_pct", "eval/accuracy", "eval/decision_ms")
 NO_PROPOSER = "no proposer"  # the verdict of a decision made without a proposal (agents.controller)

@@ -9,7 +9,7 @@ from a YAML file in rl-zoo3's layout (``{env id: {n_timesteps, policy, n_envs, e
 Its output is the policy ``.zip`` plus a JSON sidecar (``<name>.json``) naming the catalog fingerprint, the
 environment settings and the version; ``load_policy`` refuses a policy trained for another catalog. A loaded
 ``Policy`` acts without SB3: the actor network is exported to numpy (two small matrix products; ~10 us),
-and its ``proposer`` plugs into ``agents.controller.Controller``.
+and its ``proposer`` plugs into ``jigsaw.agents.controller.Controller``.
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ from typing import Any
 import numpy as np
 import yaml
 
-from env.gym_env import DEFAULT_TRACES, ENV_ID, EnvConfig, JigsawEnv
-from env.plan import Plan
-from env.space import ACTION_NVEC, DecisionSpace, Levels
-from profiles.catalog import Catalog, load_catalog
-from profiles.errors import ConfigError, JigsawError, ensure_writable_dir
+from jigsaw.env import ENV_ID
+from jigsaw.env.gym_env import DEFAULT_TRACES, EnvConfig, JigsawEnv
+from jigsaw.env.plan import Plan
+from jigsaw.env.space import ACTION_NVEC, DecisionSpace, Levels
+from jigsaw.profiles.catalog import Catalog, load_catalog
+from jigsaw.profiles.errors import ConfigError, JigsawError, ensure_writable_dir
 
 DEFAULT_HYPERPARAMS = Path(__file__).with_name("hyperparams") / "maskable_ppo.yml"
 DEFAULT_POLICY = Path(__file__).with_name("policies") / "default.zip"  # shipped; trained by the default `jigsaw train`

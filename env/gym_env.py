@@ -1,11 +1,11 @@
 """``jigsaw/JigsawServe-v0``: the Gymnasium environment. One step is one control interval of a demand trace.
 
-The agent's decision lives in ``env.space`` (per task: variant, budget weight, provisioning level). Each
+The agent's decision lives in ``jigsaw.env.space`` (per task: variant, budget weight, provisioning level). Each
 step the action moves those levels, the plan is sized against the forecast demand (``forecast_rps``: the
 last interval's rate, or its linear trend when demand rises, and at least the last interval's busiest trace
 bin, as the controller forecasts), and then judged against the demand that
-actually arrives in the interval: by ``env.perf`` (mode ``perf``, for training: every trace bin of the
-interval evaluated at once) or by ``env.sim`` (mode ``sim``, for evaluation: Poisson arrivals, request by
+actually arrives in the interval: by ``jigsaw.env.perf`` (mode ``perf``, for training: every trace bin of the
+interval evaluated at once) or by ``jigsaw.env.sim`` (mode ``sim``, for evaluation: Poisson arrivals, request by
 request). With ``polish``, each step's plan is then polished as the controller's policy proposer polishes its
 proposals (``DecisionSpace.polish``), so that a policy trains on the plans it will propose; steps cost up to 9x
 as much under random actions (0.3 -> 2.8 ms a step, 2026-12-02), which start far from any local optimum.
@@ -23,8 +23,8 @@ the best items/s per slice any configuration offers (``DecisionSpace.capacity_rp
 means the same on 4 and on 120 GPUs. ``part`` picks the train part (first 75 %), the
 held-out part, or all of it; reset starts at a seeded random interval of a seeded random trace.
 
-Registration happens on import of this module (idempotent); ``gymnasium.make("env.gym_env:jigsaw/
-JigsawServe-v0")`` imports it first, so fresh processes (SubprocVecEnv children) find it too.
+Registered as ``jigsaw/JigsawServe-v0`` on import of ``jigsaw.env`` (idempotent), so fresh processes
+(SubprocVecEnv children) find it too; this module is imported only when the environment is made.
 """
 
 from __future__ import annotations
@@ -39,13 +39,21 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from env.sim import simulate_trace
-from env.space import ACTION_NVEC, BUDGET_LEVELS, HISTORY, OBS_HIGH, PROVISION_LEVELS, DecisionSpace, Levels, forecast_rps
-from env.traces import DEFAULT_TRACE_DIR, H100_APPS, Trace, load_trace
-from profiles.catalog import Catalog, load_catalog
-from profiles.errors import ConfigError
+from jigsaw.env.sim import simulate_trace
+from jigsaw.env.space import (
+    ACTION_NVEC,
+    BUDGET_LEVELS,
+    HISTORY,
+    OBS_HIGH,
+    PROVISION_LEVELS,
+    DecisionSpace,
+    Levels,
+    forecast_rps,
+)
+from jigsaw.env.traces import DEFAULT_TRACE_DIR, H100_APPS, Trace, load_trace
+from jigsaw.profiles.catalog import Catalog, load_catalog
+from jigsaw.profiles.errors import ConfigError
 
-ENV_ID = "jigsaw/JigsawServe-v0"
 DEFAULT_TRACES = tuple(str(DEFAULT_TRACE_DIR / f) for f in ("diurnal_3apps.csv", "bursty_3apps.csv", "spikes_3apps.csv"))
 
 
@@ -285,6 +293,3 @@ def _last(metrics: Any) -> Any:
     """Per-sample metrics reduced to the interval's last sample (what the observation shows)."""
     return type(metrics)(**{name: value[-1] for name, value in vars(metrics).items()})
 
-
-if ENV_ID not in gym.registry:
-    gym.register(id=ENV_ID, entry_point="env.gym_env:JigsawEnv")

@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 import numba
 import numpy as np
 
-from env.plan import GpuLayout
-from profiles.types import GpuType
+from jigsaw.env.plan import GpuLayout
+from jigsaw.profiles.types import GpuType
 
 MEMO_SIZE = 1 << 16  # distinct instance mixes remembered (a few MB); the memo restarts when full
 # one memo per GPU type (name and partitions) in a process, shared by every environment and controller on it:

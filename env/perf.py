@@ -3,7 +3,7 @@
 ``compile_plan(catalog, plan)`` turns a plan into flat arrays once (it may loop); ``evaluate(compiled,
 demand_rps)`` reads only those arrays, for any number of demands at once, in one compiled (numba) kernel: the RL
 environment calls it thousands of times a second on ~10 tasks, where numpy's per-call overhead was most of the
-cost (a 6-demand evaluation took 130 us as numpy array calls, 18 us compiled). ``env.sim`` is the ground truth
+cost (a 6-demand evaluation took 130 us as numpy array calls, 18 us compiled). ``jigsaw.env.sim`` is the ground truth
 this approximates: the model follows its mechanics (round-robin replicas, batching with a timeout, early drops at
 the deadline).
 
@@ -62,7 +62,7 @@ Approximations to keep in mind: every item is charged the full batch's service t
 independent although they share tasks (overstates v_a); upstream latency enters a task's patience at its
 mean; a request's items behind a fan-out are treated as one item (the slowest of k is not modelled);
 the diffusion queue ignores that a bulk server's queue empties often at low load (overstates waits there).
-Against ``env.sim`` on ILP plans of the three H100 apps solved at a quarter and half of the 4-GPU demand
+Against ``jigsaw.env.sim`` on ILP plans of the three H100 apps solved at a quarter and half of the 4-GPU demand
 bound (8-s runs, u = the busiest task's rho; tests/test_sim.py asserts the tolerance): path p95 is 0.75-1.57x
 the simulated one (the low end: the 1-2 ms path of a batch-1 task, within 1 ms; the high end: detector paths at
 low load, where the simulator runs timeout-sent partial batches as smaller, faster ones), 1.0-1.3x from u = 0.6
@@ -83,11 +83,11 @@ import numba
 import numpy as np
 from scipy.stats import poisson
 
-from env.plan import GpuLayout, Plan
-from profiles.catalog import Catalog
-from profiles.errors import PlanError
-from profiles.tables import ConfigKind
-from profiles.types import App, GpuType
+from jigsaw.env.plan import GpuLayout, Plan
+from jigsaw.profiles.catalog import Catalog
+from jigsaw.profiles.errors import PlanError
+from jigsaw.profiles.tables import ConfigKind
+from jigsaw.profiles.types import App, GpuType
 
 BATCH_TIMEOUT_SHARE = 0.5  # share of (budget - p95) a replica waits for its batch to fill
 RHO_MAX = 0.95  # the batch fill is evaluated at no more than this utilisation (see the module docstring)

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from profiles.errors import PlanError
+from jigsaw.profiles.errors import PlanError
 
 
 @dataclass(frozen=True)

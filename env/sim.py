@@ -1,4 +1,4 @@
-"""The discrete-event simulator: the ground truth that ``env.perf`` approximates.
+"""The discrete-event simulator: the ground truth that ``jigsaw.env.perf`` approximates.
 
 Request by request, but vectorised where the model allows it: the task graph of every app is feed-forward,
 so the simulation runs task by task in topological order, and only the per-replica batching queue is a Python
@@ -11,9 +11,9 @@ The model, per task t of app a (the plan's variant, batch b_t, replicas n_t and 
   f = App.fanout(u, v, the plan's variant of u), drawn per item of u (per request when u has one item per
   request), each arriving at v when its parent item completes. A dropped item sends nothing downstream.
 * Dispatch. Round-robin: the items reaching t, in arrival order, go to replica k mod n_t (the k-th item to
-  replica k mod n_t). Each replica is its own FIFO batching server, as ``env.perf`` assumes.
+  replica k mod n_t). Each replica is its own FIFO batching server, as ``jigsaw.env.perf`` assumes.
 * Batching. A replica that is free, with items waiting, starts a batch as soon as either b_t items are waiting
-  or the oldest has waited tau_t = BATCH_TIMEOUT_SHARE * max(0, budget_t - p95_t) (as in ``env.perf``); a
+  or the oldest has waited tau_t = BATCH_TIMEOUT_SHARE * max(0, budget_t - p95_t) (as in ``jigsaw.env.perf``); a
   replica that becomes free with items waiting starts at once if the oldest has waited tau_t already. A batch
   takes the up to b_t oldest waiting items (never more than b_t).
 * Service. A batch's service time is lognormal through the profile's p50 and p95 (sigma = ln(p95 / p50) /
@@ -42,10 +42,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from env.perf import BATCH_TIMEOUT_SHARE, CompiledPlan, compile_plan
-from env.plan import Plan
-from env.traces import Trace
-from profiles.catalog import Catalog
+from jigsaw.env.perf import BATCH_TIMEOUT_SHARE, CompiledPlan, compile_plan
+from jigsaw.env.plan import Plan
+from jigsaw.env.traces import Trace
+from jigsaw.profiles.catalog import Catalog
 
 N_BINS = 40  # histogram bins per app over [0, 2 SLO]
 _Z95 = 1.6448536269514722  # standard normal 95th percentile
@@ -54,7 +54,7 @@ _Z_CLIP = 2.3263478740408408  # draws are clipped below at the 1st percentile
 
 @dataclass(frozen=True)
 class SimMetrics:
-    """What ``simulate`` measured. Fields named as in ``env.perf.Metrics`` mean the same thing."""
+    """What ``simulate`` measured. Fields named as in ``jigsaw.env.perf.Metrics`` mean the same thing."""
 
     utilisation: np.ndarray  # [n_tasks] busy time / (horizon * replicas)
     path_p95_ms: np.ndarray  # [n_paths] p95 path latency of requests not dropped (nan if none)

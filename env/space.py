@@ -1,6 +1,6 @@
 """The decision space the agent acts in: per task a variant, a budget weight and a provisioning level.
 
-Shared by the Gymnasium environment (``env.gym_env``) and the controller's policy proposer. ``decode`` and
+Shared by the Gymnasium environment (``jigsaw.env.gym_env``) and the controller's policy proposer. ``decode`` and
 ``masks`` run as compiled (numba) kernels: numpy, at about a microsecond a call on ~10-task arrays, cost 45 and
 100 us per call, the kernels 7 and 6 (decode 16 at all nine levels of SHARE_LADDER, packing the levels it tries
 inside the kernel); ``evaluate`` predicts a decoded plan's metrics in one compiled call (18 us, where building the
@@ -11,7 +11,7 @@ plan's ``CompiledPlan`` and evaluating it took 31).
   SLO along its heaviest path: budget_t = SLO * w_t / max_{P through t} sum_{u in P} w_u, so every path's
   budgets sum to at most the SLO. Raising w_t moves budget from the other tasks on t's paths to t.
 * **Segment and batch** follow from (variant, budget, the load to provision for) by the fewest-slices rule:
-  among the task's configurations (the ILP's candidates, ``agents.ilp.candidates``) whose allowance x p95
+  among the task's configurations (the ILP's candidates, ``jigsaw.env.candidates``) whose allowance x p95
   fits the budget (floored to BUDGET_RESOLUTION_MS), the one whose workers for the load take the smallest share
   of the GPUs:
   max(1, ceil(load / throughput)) x a worker's share; ties go to the most items/s per slice. A worker's share
@@ -30,7 +30,7 @@ plan's ``CompiledPlan`` and evaluating it took 31).
   level instead keeps one action meaning the same thing at 4 and at 120 GPUs).
 
 Instances: workers of one segment type share instances (ceil(workers / MPS workers per instance)), packed
-greedily onto GPUs (``env.packing``). A step that makes an app infeasible (no configuration fits a budget,
+greedily onto GPUs (``jigsaw.env.packing``). A step that makes an app infeasible (no configuration fits a budget,
 or a path under the accuracy SLO) is undone for that app; one that does not fit the GPUs has its
 provisioning undone, then drops to the lowest level, then has its variant raises undone, then steps variants
 down (one task at a time, the one taking the most slices whose variant a step down keeps its paths within the
@@ -62,12 +62,12 @@ from typing import Any
 import numba
 import numpy as np
 
-from agents.ilp import Features, SolverOptions, candidates
-from env.packing import Packer, greedy_gpus
-from env.perf import CompiledPlan, Metrics, compile_plan, config_table, evaluate_configs, service_rows, with_configs
-from env.plan import Plan, TaskConfig
-from profiles.catalog import Catalog
-from profiles.errors import SolverError
+from jigsaw.env.candidates import Features, SolverOptions, candidates
+from jigsaw.env.packing import Packer, greedy_gpus
+from jigsaw.env.perf import CompiledPlan, Metrics, compile_plan, config_table, evaluate_configs, service_rows, with_configs
+from jigsaw.env.plan import Plan, TaskConfig
+from jigsaw.profiles.catalog import Catalog
+from jigsaw.profiles.errors import SolverError
 
 ACTION_NVEC = (3, 3, 5)  # per task: variant step -1..+1, budget step -1..+1, provisioning step -2..+2
 BUDGET_LEVELS = 5
@@ -440,14 +440,14 @@ class DecisionSpace:
         return self._structure
 
     def compiled(self, d: Decoded) -> CompiledPlan:
-        """The decoded plan as ``env.perf`` arrays, without building a ``Plan``."""
+        """The decoded plan as ``jigsaw.env.perf`` arrays, without building a ``Plan``."""
         p50, p95, thr, accuracy, *_ = columns = self._c_columns[:, d.config]
         return with_configs(self.structure(), p50_ms=p50, p95_ms=p95, throughput_rps=thr, replicas=d.replicas,
                             batch=self.c_batch[d.config], budget_ms=d.budget_ms, items_per_request=d.items,
                             accuracy=accuracy, slices_used=d.slices, gpus_used=d.gpus, service=columns[4:])
 
     def evaluate(self, d: Decoded, demand_rps: np.ndarray) -> Metrics:
-        """``env.perf.evaluate(self.compiled(d), demand_rps)`` in one compiled call, without the plan's arrays."""
+        """``jigsaw.env.perf.evaluate(self.compiled(d), demand_rps)`` in one compiled call, without the plan's arrays."""
         return evaluate_configs(self.structure(), self._c_table, d.config, d.replicas, d.budget_ms, d.items, d.slices,
                                 d.gpus, demand_rps)
 

@@ -24,8 +24,8 @@ from typing import Literal
 
 import numpy as np
 
-from profiles.catalog import DEFAULT_CATALOG
-from profiles.errors import TraceError
+from jigsaw.profiles.catalog import DEFAULT_CATALOG
+from jigsaw.profiles.errors import TraceError
 
 DEFAULT_TRACE_DIR = DEFAULT_CATALOG / "traces"
 H100_APPS = ("social_media", "traffic_analysis", "ar_assistant")

@@ -18,7 +18,7 @@ import re
 import torch
 from torch import nn
 
-from profiles.errors import CatalogError
+from jigsaw.profiles.errors import CatalogError
 
 FAMILIES = ("classification", "detection", "segmentation", "language")
 IMAGE_SHAPE = (3, 64, 64)

@@ -91,12 +91,11 @@ class WorkerDied(Exception):
 
 
 def _command(device: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "profiles.profiler_worker", "--device", device, *extra]
+    return [sys.executable, "-m", "jigsaw.profiles.profiler_worker", "--device", device, *extra]
 
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, **extra}
+    return {**os.environ, **extra}
 
 
 class WorkerProcess:
@@ -233,7 +232,7 @@ def _start_group(group: Group, settings: ProfileSettings, device: str, mps_env: 
         close_all(pool)
         if isinstance(e, WorkerDied):
             raise ProfilerError(f"a profiler worker failed to start ({e})", field="--device",
-                                fix="check that `python -m profiles.profiler_worker --probe` runs") from None
+                                fix="check that `python -m jigsaw.profiles.profiler_worker --probe` runs") from None
         raise
     return pool
 

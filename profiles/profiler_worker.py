@@ -1,6 +1,6 @@
 """One profiler worker process: measures (variant, batch) configurations for ``profiles/profiler.py``.
 
-Launched as ``python -m profiles.profiler_worker`` with its share already decided by the parent: on CPU
+Launched as ``python -m jigsaw.profiles.profiler_worker`` with its share already decided by the parent: on CPU
 ``--threads`` and ``--cores`` (the segment's cores, shared by every worker of a co-located group); on CUDA
 ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` and the MPS pipe directory in the environment. It speaks one JSON
 object per line. It first prints ``hello`` with what it got (threads, or the SM count the device reports
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from profiles.models import build_model
+from jigsaw.profiles.models import build_model
 
 WARMUP_PASSES = 2  # eager passes before capture or timing (the h100-mps method)
 
@@ -181,7 +181,7 @@ class Runner:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m profiles.profiler_worker", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m jigsaw.profiles.profiler_worker", description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), required=True)
     parser.add_argument("--threads", type=int, default=0, help="CPU: torch threads")
     parser.add_argument("--cores", default="", help="CPU: comma-separated cores to run on (the segment)")

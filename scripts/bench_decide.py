@@ -1,5 +1,5 @@
 """Decision time of the controller's fast path -- the policy proposes, ``Controller.check`` judges the plan with
-``env.perf`` -- against the ILP's solve time, for the 3-app default on 4 and 120 GPUs.
+``jigsaw.env.perf`` -- against the ILP's solve time, for the 3-app default on 4 and 120 GPUs.
 
 The demands are the held-out default traces' interval means, scaled to each cluster as in training (``load``),
 fed interval by interval as the daemon would. At 120 GPUs the shipped policy's weights act on the 120-GPU decision
@@ -20,12 +20,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from agents.controller import Controller
-from agents.ilp import SolverOptions, solve
-from agents.ppo import DEFAULT_POLICY, Policy, load_policy
-from env.gym_env import JigsawEnv
-from env.space import HISTORY
-from profiles.catalog import load_catalog
+from jigsaw.agents.controller import Controller
+from jigsaw.agents.ilp import solve
+from jigsaw.agents.ppo import DEFAULT_POLICY, Policy, load_policy
+from jigsaw.env.candidates import SolverOptions
+from jigsaw.env.gym_env import JigsawEnv
+from jigsaw.env.space import HISTORY
+from jigsaw.profiles.catalog import load_catalog
 
 GPUS = (4, 120)
 

@@ -19,8 +19,8 @@ from collections.abc import Callable
 import numpy as np
 from stable_baselines3.common.vec_env import SubprocVecEnv
 
-from env.gym_env import JigsawEnv
-from env.space import ACTION_NVEC
+from jigsaw.env.gym_env import JigsawEnv
+from jigsaw.env.space import ACTION_NVEC
 
 GPUS = (4, 120)
 _HEADS = np.cumsum((0, *ACTION_NVEC))

@@ -14,9 +14,10 @@ import json
 import statistics
 import time
 
-from agents.capacity import upper_bound
-from agents.ilp import Features, SolverOptions, prepare, solve
-from profiles.catalog import load_catalog
+from jigsaw.agents.capacity import upper_bound
+from jigsaw.agents.ilp import prepare, solve
+from jigsaw.env.candidates import Features, SolverOptions
+from jigsaw.profiles.catalog import load_catalog
 
 WORKLOADS = {"1app": ["ar_assistant"], "3apps": ["social_media", "traffic_analysis", "ar_assistant"]}
 

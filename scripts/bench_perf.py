@@ -1,4 +1,4 @@
-"""Evaluations per second of the analytic model ``env.perf.evaluate`` on the 3-app default plan (the H100
+"""Evaluations per second of the analytic model ``jigsaw.env.perf.evaluate`` on the 3-app default plan (the H100
 defaults of scripts/bench_ilp.py, solved at 50% of the demand upper bound) on 4 and 120 GPUs: one demand
 per call, and batches of 64 demands per call (counted as 64 evaluations). Median of repeats.
 The last line is one JSON object: {"evals_per_s_4": x, "evals_per_s_120": x, "evals_per_s_batch64_120": x}.
@@ -14,10 +14,11 @@ import time
 
 import numpy as np
 
-from agents.capacity import upper_bound
-from agents.ilp import Features, SolverOptions, prepare, solve
-from env.perf import CompiledPlan, compile_plan, evaluate
-from profiles.catalog import load_catalog
+from jigsaw.agents.capacity import upper_bound
+from jigsaw.agents.ilp import prepare, solve
+from jigsaw.env.candidates import Features, SolverOptions
+from jigsaw.env.perf import CompiledPlan, compile_plan, evaluate
+from jigsaw.profiles.catalog import load_catalog
 
 APPS = ["social_media", "traffic_analysis", "ar_assistant"]
 

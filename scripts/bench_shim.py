@@ -27,14 +27,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from agents.controller import Controller  # noqa: E402
-from env.plan import Plan  # noqa: E402
-from profiles.catalog import load_catalog  # noqa: E402
-from serving_shim.daemon import Daemon, DaemonConfig  # noqa: E402
-from serving_shim.http import Client  # noqa: E402
+from jigsaw.agents.controller import Controller  # noqa: E402
+from jigsaw.env.plan import Plan  # noqa: E402
+from jigsaw.profiles.catalog import load_catalog  # noqa: E402
+from jigsaw.serving_shim.daemon import Daemon, DaemonConfig  # noqa: E402
+from jigsaw.serving_shim.http import Client  # noqa: E402
 
 APP = "image_classify"
 
@@ -63,9 +60,8 @@ async def overhead(daemon: Daemon, n: int) -> tuple[float, float, float]:
 async def loadgen(url: str, rps: float, seconds: float, trace: Path) -> dict[str, float]:
     trace.write_text(f"time_s,app,rps\n0,{APP},{rps}\n{seconds},{APP},{rps}\n")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "scripts.cli", "loadgen", "--trace", str(trace), "--url", url, "--duration", str(seconds),
-        "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)})
+        sys.executable, "-m", "jigsaw.scripts.cli", "loadgen", "--trace", str(trace), "--url", url,
+        "--duration", str(seconds), "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, cwd=ROOT)
     out, _ = await proc.communicate()
     return json.loads(out.decode().strip().splitlines()[-1])
 

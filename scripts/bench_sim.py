@@ -1,6 +1,6 @@
-"""Simulated requests per second of the discrete-event simulator ``env.sim.simulate`` on the 3-app default plan
+"""Simulated requests per second of the discrete-event simulator ``jigsaw.env.sim.simulate`` on the 3-app default plan
 (the H100 defaults of scripts/bench_ilp.py, solved at 50% of the demand upper bound) on 4 and 120 GPUs, under
-Poisson arrivals scaled so that the busiest task is at ~70% utilisation (by ``env.perf``). Median of repeats.
+Poisson arrivals scaled so that the busiest task is at ~70% utilisation (by ``jigsaw.env.perf``). Median of repeats.
 The last line is one JSON object: {"sim_requests_per_s_4": x, "sim_requests_per_s_120": x}.
 Usage: python scripts/bench_sim.py [--repeats 3] [--seconds 20]
 """
@@ -14,12 +14,13 @@ import time
 
 import numpy as np
 
-from agents.capacity import upper_bound
-from agents.ilp import Features, SolverOptions, prepare, solve
-from env.perf import compile_plan, evaluate
-from env.sim import simulate
-from env.traces import poisson
-from profiles.catalog import load_catalog
+from jigsaw.agents.capacity import upper_bound
+from jigsaw.agents.ilp import prepare, solve
+from jigsaw.env.candidates import Features, SolverOptions
+from jigsaw.env.perf import compile_plan, evaluate
+from jigsaw.env.sim import simulate
+from jigsaw.env.traces import poisson
+from jigsaw.profiles.catalog import load_catalog
 
 APPS = ["social_media", "traffic_analysis", "ar_assistant"]
 UTILISATION = 0.7

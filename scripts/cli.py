@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from agents.capacity import PAPER_AST_OVER_AT, PAPER_RATIOS, ablation
-from agents.ilp import Features, SolveResult, SolverOptions, solve
-from env.traces import Trace, load_trace
-from profiles.catalog import Catalog, load_catalog
-from profiles.errors import JigsawError, SolverError, ensure_writable_dir
-from profiles.profile_plan import ProfileSettings, parse_colocation, parse_positive_ints, parse_shares
-from profiles.profiler import run_profile
+from jigsaw.agents.capacity import PAPER_AST_OVER_AT, PAPER_RATIOS, ablation
+from jigsaw.agents.ilp import SolveResult, solve
+from jigsaw.env.candidates import Features, SolverOptions
+from jigsaw.env.traces import Trace, load_trace
+from jigsaw.profiles.catalog import Catalog, load_catalog
+from jigsaw.profiles.errors import JigsawError, SolverError, ensure_writable_dir
+from jigsaw.profiles.profile_plan import ProfileSettings, parse_colocation, parse_positive_ints, parse_shares
+from jigsaw.profiles.profiler import run_profile
 
 EXIT_INFEASIBLE = 1
 EXIT_BAD_INPUT = 2
@@ -195,7 +196,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from serving_shim.daemon import DaemonConfig, serve
+    from jigsaw.serving_shim.daemon import DaemonConfig, serve
 
     return serve(DaemonConfig(
         backend=args.backend, apps=tuple(_split(args.app, "app")), run_dir=Path(args.run_dir), host=args.host,
@@ -207,7 +208,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 def cmd_loadgen(args: argparse.Namespace) -> int:
     import asyncio
 
-    from serving_shim.loadgen import replay, trace_arrivals
+    from jigsaw.serving_shim.loadgen import replay, trace_arrivals
 
     trace = load_trace(args.trace, time_scale=args.time_scale, rate_scale=args.rate_scale)
     times, apps = trace_arrivals(trace, args.duration, args.seed)
@@ -224,7 +225,7 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from agents.ppo import DEFAULT_HYPERPARAMS, TrainSettings, train
+    from jigsaw.agents.ppo import DEFAULT_HYPERPARAMS, TrainSettings, train
 
     settings = TrainSettings.from_yaml(args.hyperparams or DEFAULT_HYPERPARAMS)
     overrides = {k: v for k, v in (("n_timesteps", args.timesteps), ("n_envs", args.n_envs)) if v is not None}
@@ -247,14 +248,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import time
 
-    from agents.baselines import POLICY_SYSTEMS, SYSTEM_NAMES, build_systems
-    from agents.evaluate import evaluate_systems, markdown_table, summary_document, write_outputs
-    from env.gym_env import EnvConfig
+    from jigsaw.agents.baselines import POLICY_SYSTEMS, SYSTEM_NAMES, build_systems
+    from jigsaw.agents.evaluate import evaluate_systems, markdown_table, summary_document, write_outputs
+    from jigsaw.env.gym_env import EnvConfig
 
     catalog = load_catalog(args.catalog)
     policy, config = None, EnvConfig()
     if args.policy:
-        from agents.ppo import load_policy
+        from jigsaw.agents.ppo import load_policy
 
         policy = load_policy(args.policy, catalog)
         config = policy.env_config

@@ -26,17 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.controller import Controller, Decision, Proposer
-from agents.ilp import SolverOptions
-from env.perf import compile_plan
-from env.plan import Plan
-from profiles.catalog import Catalog, load_catalog
-from profiles.errors import PlanError, ShimError
-from serving_shim import metrics
-from serving_shim.backends import make_backend
-from serving_shim.http import Request, Response, Server
-from serving_shim.reconciler import Reconciler
-from serving_shim.router import ANSWER_GRACE_S, STATUSES, Router
+from jigsaw.agents.controller import Controller, Decision, Proposer
+from jigsaw.env.candidates import SolverOptions
+from jigsaw.env.perf import compile_plan
+from jigsaw.env.plan import Plan
+from jigsaw.profiles.catalog import Catalog, load_catalog
+from jigsaw.profiles.errors import PlanError, ShimError
+from jigsaw.serving_shim import metrics
+from jigsaw.serving_shim.backends import make_backend
+from jigsaw.serving_shim.http import Request, Response, Server
+from jigsaw.serving_shim.reconciler import Reconciler
+from jigsaw.serving_shim.router import ANSWER_GRACE_S, STATUSES, Router
 
 log = logging.getLogger("jigsaw.daemon")
 
@@ -67,7 +67,7 @@ class DaemonConfig:
 def load_policy(cfg: DaemonConfig, catalog: Catalog) -> tuple[Proposer, str]:
     """The trained policy of ``cfg.policy`` as the controller's proposer, with its version; refused (one line)
     when it was trained for other apps or another cluster than the daemon serves."""
-    from agents.ppo import load_policy as load  # torch and SB3 only when a policy is asked for
+    from jigsaw.agents.ppo import load_policy as load  # torch and SB3 only when a policy is asked for
 
     policy = load(cfg.policy, catalog)
     policy.check_serves(cfg.apps, cfg.gpus, cfg.gpu_type, cfg.policy)

@@ -16,7 +16,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
-from profiles.errors import ShimError
+from jigsaw.profiles.errors import ShimError
 
 MAX_BODY = 64 * 1024  # bytes; a request is a small JSON document
 MAX_HEADERS = 100

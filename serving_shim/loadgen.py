@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from env.traces import Trace
-from profiles.errors import ShimError
-from serving_shim.http import Client
+from jigsaw.env.traces import Trace
+from jigsaw.profiles.errors import ShimError
+from jigsaw.serving_shim.http import Client
 
 REQUEST_TIMEOUT_S = 30.0
 MAX_CONNECTIONS = 256  # more only adds connection storms: the server answers one request per connection at a time

@@ -17,10 +17,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from env.plan import Plan
-from profiles.types import GpuType
-from serving_shim.backends.base import Backend, WorkerHandle, WorkerSpec
-from serving_shim.router import Replica, Router
+from jigsaw.env.plan import Plan
+from jigsaw.profiles.types import GpuType
+from jigsaw.serving_shim.backends.base import Backend, WorkerHandle, WorkerSpec
+from jigsaw.serving_shim.router import Replica, Router
 
 log = logging.getLogger("jigsaw.reconciler")
 

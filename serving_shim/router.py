@@ -14,12 +14,12 @@ Per task of every app (times from the event loop's monotonic clock, seconds):
 
 * Queue and dynamic batching. Items wait in one FIFO per task. A batch leaves when the plan's batch size
   is waiting, or when the oldest item has waited ``BATCH_TIMEOUT_SHARE x (budget - service time)`` (the rule
-  of ``env.perf`` and ``env.sim``, with the service time measured on the workers), and a replica can take it.
+  of ``jigsaw.env.perf`` and ``jigsaw.env.sim``, with the service time measured on the workers), and a replica can take it.
 * Least-loaded replica. A batch goes to the replica with the fewest batches in flight (at most
   ``MAX_IN_FLIGHT``, so that the next batch waits in the worker's socket while one runs; ties: the one that
   has served fewest batches). Draining replicas take no new batches.
 * Fan-out. An item done at u sends floor(f) + Bernoulli(frac f) items to each child v, f the app's fan-out
-  for the variant of the replica that served it (as in ``env.sim``).
+  for the variant of the replica that served it (as in ``jigsaw.env.sim``).
 * Deadlines and early drop. A request's deadline is its arrival + the app's SLO. An item is dropped on
   arrival at a task, and at the head of its queue, when now + the remaining service time (this task's and
   the longest chain below it, each the fastest recent batch) passes the deadline; at the deadline a request
@@ -40,13 +40,13 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from env.perf import BATCH_TIMEOUT_SHARE
-from env.plan import Plan
-from profiles.catalog import Catalog
-from profiles.types import App
-from serving_shim import ipc
-from serving_shim.http import Request, Response
-from serving_shim.metrics import Histogram
+from jigsaw.env.perf import BATCH_TIMEOUT_SHARE
+from jigsaw.env.plan import Plan
+from jigsaw.profiles.catalog import Catalog
+from jigsaw.profiles.types import App
+from jigsaw.serving_shim import ipc
+from jigsaw.serving_shim.http import Request, Response
+from jigsaw.serving_shim.metrics import Histogram
 
 log = logging.getLogger("jigsaw.router")
 

@@ -1,8 +1,8 @@
-"""A worker: one OS process serving one model variant over a Unix socket (protocol in ``serving_shim.ipc``).
+"""A worker: one OS process serving one model variant over a Unix socket (protocol in ``jigsaw.serving_shim.ipc``).
 
-    python -m serving_shim.worker --socket PATH --model resnet50 [--threads N] [--device cpu|cuda] [--batch B]
+    python -m jigsaw.serving_shim.worker --socket PATH --model resnet50 [--threads N] [--device cpu|cuda] [--batch B]
 
-It builds the model (``profiles.models``), warms it up at batch 1 and at the plan's batch, and only then
+It builds the model (``jigsaw.profiles.models``), warms it up at batch 1 and at the plan's batch, and only then
 binds its socket: a socket that accepts is a ready worker. Each batch runs on a synthetic input of the
 batch's size and is answered with one small result per item (the argmax of its output) and the service
 time in ms. The backend sets the process's placement (threads, CUDA_VISIBLE_DEVICES, the MPS thread
@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from profiles.models import build_model
-from serving_shim.ipc import encode, recv_message
+from jigsaw.profiles.models import build_model
+from jigsaw.serving_shim.ipc import encode, recv_message
 
 WARMUP_RUNS = 3
 _PARENT_POLL_S = 0.5

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,6 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the suite also runs without PYTHONPATH=.
-    sys.path.insert(0, str(ROOT))
 
 PROFILE_COLUMNS = ("task_family", "model", "sm_count", "mps_workers", "batch", "p50_ms", "p95_ms", "p99_ms",
                    "throughput_rps", "peak_mem_mib")
@@ -144,7 +141,7 @@ def toy() -> CatalogSpec:
 
 @pytest.fixture(scope="session")
 def builtin_catalog():
-    from profiles.catalog import load_catalog
+    from jigsaw.profiles.catalog import load_catalog
     return load_catalog(None)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +11,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from profiles.catalog import load_catalog
-from profiles.errors import CatalogError, JigsawError
+from jigsaw.profiles.catalog import load_catalog
+from jigsaw.profiles.errors import CatalogError, JigsawError
 
 
 def load_error(spec, root: Path) -> CatalogError:
@@ -433,9 +432,8 @@ def test_cli_reports_bad_catalog_in_one_line(toy, tmp_path, corrupt):
             f.write("fa,a_small,16\n")
     if corrupt == "no_catalog":
         root = tmp_path / "does_not_exist"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "scripts.cli", "solve", "--catalog", str(root), "--app", "x",
-                           "--rps", "1", "--gpus", "1"], cwd=ROOT, env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "jigsaw.scripts.cli", "solve", "--catalog", str(root), "--app", "x",
+                           "--rps", "1", "--gpus", "1"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from profiles.catalog import DEFAULT_CATALOG, load_catalog
-from profiles.errors import CatalogError
-from profiles.tables import ConfigKind
+from jigsaw.profiles.catalog import DEFAULT_CATALOG, load_catalog
+from jigsaw.profiles.errors import CatalogError
+from jigsaw.profiles.tables import ConfigKind
 
 H100_CSV = DEFAULT_CATALOG / "h100" / "profiles.csv"
 A100_CSV = DEFAULT_CATALOG / "a100" / "profiles.csv"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def jigsaw(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "scripts.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "jigsaw.scripts.cli", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
 
 

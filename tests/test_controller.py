@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from agents.controller import BACKOFF_SOLVES, Controller
-from env.perf import compile_plan, evaluate
-from profiles.catalog import Catalog
+from jigsaw.agents.controller import BACKOFF_SOLVES, Controller
+from jigsaw.env.perf import compile_plan, evaluate
+from jigsaw.profiles.catalog import Catalog
 
 APP = "ar_assistant"
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents.baselines import build_systems
-from agents.evaluate import TAGS, evaluate_systems
-from agents.ilp import SolverOptions
-from agents.ppo import DEFAULT_POLICY
-from env.gym_env import DEFAULT_TRACES, EnvConfig
-from profiles.catalog import load_catalog
-from scripts.cli import main
+from jigsaw.agents.baselines import build_systems
+from jigsaw.agents.evaluate import TAGS, evaluate_systems
+from jigsaw.agents.ppo import DEFAULT_POLICY
+from jigsaw.env.candidates import SolverOptions
+from jigsaw.env.gym_env import DEFAULT_TRACES, EnvConfig
+from jigsaw.profiles.catalog import load_catalog
+from jigsaw.scripts.cli import main
 
 SUMMARY_KEYS = {"slices_mean", "slices_p95", "violation_pct", "violation_pct_servable", "accuracy_mean", "fallback_pct",
                 "decide_ms_p50", "decide_ms_p99"}

@@ -13,16 +13,17 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
-from agents.controller import Controller
-from agents.ilp import solve
-from env.gym_env import ENV_ID, EnvConfig, JigsawEnv, forecast_rps
-from env.packing import Packer
-from env.perf import compile_plan, evaluate
-from env.space import ACTION_NVEC, BUDGET_RESOLUTION_MS, HISTORY, DecisionSpace, Levels
-from env.traces import DEFAULT_TRACE_DIR
-from profiles.catalog import load_catalog
-from profiles.errors import ConfigError
-from scripts.bench_env import random_actions
+from jigsaw.agents.controller import Controller
+from jigsaw.agents.ilp import solve
+from jigsaw.env import ENV_ID
+from jigsaw.env.gym_env import EnvConfig, JigsawEnv, forecast_rps
+from jigsaw.env.packing import Packer
+from jigsaw.env.perf import compile_plan, evaluate
+from jigsaw.env.space import ACTION_NVEC, BUDGET_RESOLUTION_MS, HISTORY, DecisionSpace, Levels
+from jigsaw.env.traces import DEFAULT_TRACE_DIR
+from jigsaw.profiles.catalog import load_catalog
+from jigsaw.profiles.errors import ConfigError
+from jigsaw.scripts.bench_env import random_actions
 
 NOOP = np.array([1, 1, 2])
 
@@ -41,7 +42,7 @@ def test_check_env_perf_and_sim() -> None:
 def test_registered_and_makeable_from_a_fresh_process() -> None:
     made = gym.make(ENV_ID, gpus=8)
     assert made.unwrapped.config.gpus == 8
-    code = f"import gymnasium as gym; e = gym.make('env.gym_env:{ENV_ID}'); e.reset(seed=1); print('ok')"
+    code = f"import gymnasium, jigsaw.env; e = gymnasium.make('{ENV_ID}'); e.reset(seed=1); print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ok"
 

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from conftest import CatalogSpec, brute_force_partitions, profile_row, toy_spec
 
-from agents.ilp import FEATURE_SETS, Features, SolverOptions, solve
-from env.plan import GpuLayout, Plan, TaskConfig
-from profiles.catalog import load_catalog
-from profiles.errors import CatalogError, JigsawError, PlanError, SolverError
+from jigsaw.agents.ilp import solve
+from jigsaw.env.candidates import FEATURE_SETS, Features, SolverOptions
+from jigsaw.env.plan import GpuLayout, Plan, TaskConfig
+from jigsaw.profiles.catalog import load_catalog
+from jigsaw.profiles.errors import CatalogError, JigsawError, PlanError, SolverError
 
 HEADROOM = 1.1
 ALLOWANCE = 2.0
@@ -470,7 +471,7 @@ def random_instance(seed: int) -> Instance:
 
 @cache
 def mini_partitions() -> tuple[tuple[int, ...], ...]:
-    from profiles.types import MigProfile
+    from jigsaw.profiles.types import MigProfile
 
     class G:  # just what brute_force_partitions reads
         mig_profiles = tuple(MigProfile(p["name"], p["compute_slices"], p["sms"], p["memory_gib"], p["width"],

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import brute_force_partitions, counts_of
 
-from profiles.mig import enumerate_partitions
-from profiles.types import MigProfile
+from jigsaw.profiles.mig import enumerate_partitions
+from jigsaw.profiles.types import MigProfile
 
 
 @pytest.fixture(scope="module", params=["h100", "a100"])

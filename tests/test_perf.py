@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 from conftest import TOY_GPU, CatalogSpec, toy_spec
 
-from agents.capacity import upper_bound
-from agents.ilp import Features, SolverOptions, prepare, solve
-from env.perf import BATCH_TIMEOUT_SHARE, compile_plan, evaluate, fill_p95_arrivals
-from env.plan import GpuLayout, Plan, TaskConfig
-from profiles.catalog import load_catalog
-from profiles.errors import PlanError
-from profiles.tables import ConfigKind
+from jigsaw.agents.capacity import upper_bound
+from jigsaw.agents.ilp import prepare, solve
+from jigsaw.env.candidates import Features, SolverOptions
+from jigsaw.env.perf import BATCH_TIMEOUT_SHARE, compile_plan, evaluate, fill_p95_arrivals
+from jigsaw.env.plan import GpuLayout, Plan, TaskConfig
+from jigsaw.profiles.catalog import load_catalog
+from jigsaw.profiles.errors import PlanError
+from jigsaw.profiles.tables import ConfigKind
 
 SLO_MS = 100.0
 

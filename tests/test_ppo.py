@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.controller import Controller
-from agents.ppo import DEFAULT_POLICY, PolicyError, TrainSettings, load_policy, sidecar_path, train
-from env.gym_env import JigsawEnv
-from profiles.catalog import load_catalog
-from profiles.errors import ConfigError
-from scripts.cli import main
+from jigsaw.agents.controller import Controller
+from jigsaw.agents.ppo import DEFAULT_POLICY, PolicyError, TrainSettings, load_policy, sidecar_path, train
+from jigsaw.env.gym_env import JigsawEnv
+from jigsaw.profiles.catalog import load_catalog
+from jigsaw.profiles.errors import ConfigError
+from jigsaw.scripts.cli import main
 
 TINY = TrainSettings(n_timesteps=256, n_envs=1, env_kwargs={"gpus": 4, "episode_intervals": 5},
                      ppo_kwargs={"n_steps": 128, "batch_size": 64, "n_epochs": 1}, eval_freq=128, eval_episodes=1,

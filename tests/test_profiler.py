@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,10 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from profiles import profiler
-from profiles.catalog import load_catalog
-from profiles.errors import ProfilerError
-from profiles.profile_plan import (
+from jigsaw.profiles import profiler
+from jigsaw.profiles.catalog import load_catalog
+from jigsaw.profiles.errors import ProfilerError
+from jigsaw.profiles.profile_plan import (
     Group,
     ProfileSettings,
     Share,
@@ -32,9 +31,9 @@ from profiles.profile_plan import (
     plan_groups,
     split_cpu,
 )
-from profiles.profile_store import COLUMNS, ProfileStore
-from profiles.profiler import run_profile
-from profiles.tables import ConfigKind, load_profile_csv
+from jigsaw.profiles.profile_store import COLUMNS, ProfileStore
+from jigsaw.profiles.profiler import run_profile
+from jigsaw.profiles.tables import ConfigKind, load_profile_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"min_iters": 3, "seconds": 0.01}
@@ -173,14 +172,14 @@ def test_an_interrupted_run_keeps_its_rows_and_resumes(profiled):
 
 
 def jigsaw_profile(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "scripts.cli", "profile", "--family", "classification", "--variants", "resnet18",
+    return [sys.executable, "-m", "jigsaw.scripts.cli", "profile", "--family", "classification", "--variants", "resnet18",
             "--sm-shares", "100", "--colocation", "1", "--device", "cpu", "--min-iters", "3", "--out", str(out), *extra]
 
 
 def test_a_killed_run_keeps_whole_rows_to_resume_from(tmp_path):
     out = tmp_path / "k.csv"
     proc = subprocess.Popen(jigsaw_profile(out, "--batches", "1,2,4,8,16,32", "--time-per-config", "0.2"), cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):
@@ -229,6 +228,6 @@ def test_an_output_from_elsewhere_is_not_appended_to(tmp_path):
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     run = subprocess.run(jigsaw_profile(tmp_path / "p.csv", "--batches", "1,two"), cwd=ROOT, capture_output=True,
-                         text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         text=True, timeout=60)
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr and "--batches" in run.stderr

@@ -16,18 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from agents.ppo import DEFAULT_POLICY
-from scripts.cli import main
+from jigsaw.agents.ppo import DEFAULT_POLICY
+from jigsaw.scripts.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 180.0
 
 
 def start_daemon(run_dir: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "scripts.cli", "daemon", "--app", "ar_assistant", "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "jigsaw.scripts.cli", "daemon", "--app", "ar_assistant", "--port", "0",
                              "--run-dir", str(run_dir), "--interval", "3600", "--max-workers", "3"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
     assert proc.stdout is not None
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ)
@@ -85,7 +84,7 @@ def _one_line_exit_2(capsys, *args: str) -> str:
 
 
 def test_bad_daemon_inputs_are_one_line_and_exit_2(tmp_path, capsys, builtin_catalog):
-    from agents.controller import Controller
+    from jigsaw.agents.controller import Controller
 
     plan = Controller(builtin_catalog, "h100", ["ar_assistant"], 1).decide({"ar_assistant": 1.0}).plan
     doc = plan.to_dict()

@@ -10,20 +10,20 @@ import os
 
 import pytest
 
-from env.plan import GpuLayout, Plan, TaskConfig
-from profiles.errors import CatalogError, ShimError
-from serving_shim.backends import CpuBackend, MigBackend, MpsBackend
-from serving_shim.backends.mig import difference, repartition_commands
-from serving_shim.backends.mps import sm_percentage
-from serving_shim.backends.nvidia import Gpu, MigDevice
-from serving_shim.http import Client, Server
-from serving_shim.metrics import Histogram, family, labels
-from serving_shim.router import Router
+from jigsaw.env.plan import GpuLayout, Plan, TaskConfig
+from jigsaw.profiles.errors import CatalogError, ShimError
+from jigsaw.serving_shim.backends import CpuBackend, MigBackend, MpsBackend
+from jigsaw.serving_shim.backends.mig import difference, repartition_commands
+from jigsaw.serving_shim.backends.mps import sm_percentage
+from jigsaw.serving_shim.backends.nvidia import Gpu, MigDevice
+from jigsaw.serving_shim.http import Client, Server
+from jigsaw.serving_shim.metrics import Histogram, family, labels
+from jigsaw.serving_shim.router import Router
 
 
 def test_stand_in_models_run_and_grow_with_the_variant():
     torch = pytest.importorskip("torch")
-    from profiles.models import build_model
+    from jigsaw.profiles.models import build_model
 
     for name in ("noop", "resnet18", "bert"):  # a first forward pass is slow (kernel set-up): run a few only
         model, shape = build_model(name)
@@ -121,7 +121,7 @@ def test_malformed_requests_are_answered_4xx(builtin_catalog):
 
 
 async def _route(router: Router, request):
-    from serving_shim.http import Response
+    from jigsaw.serving_shim.http import Response
     return await router.handle(request) or Response.error(404, "no such endpoint")
 
 

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agents.controller import Controller
-from env.plan import Plan
-from env.traces import Trace
-from serving_shim.daemon import Daemon, DaemonConfig
-from serving_shim.loadgen import LoadReport, replay, trace_arrivals
+from jigsaw.agents.controller import Controller
+from jigsaw.env.plan import Plan
+from jigsaw.env.traces import Trace
+from jigsaw.serving_shim.daemon import Daemon, DaemonConfig
+from jigsaw.serving_shim.loadgen import LoadReport, replay, trace_arrivals
 
 APP = "ar_assistant"
 LOAD_RPS = 20.0

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 from conftest import TOY_GPU, CatalogSpec, toy_spec
 
-from agents.capacity import upper_bound
-from agents.ilp import Features, SolverOptions, prepare, solve
-from env.perf import BATCH_TIMEOUT_SHARE, compile_plan, evaluate
-from env.plan import GpuLayout, Plan, TaskConfig
-from env.sim import N_BINS, simulate, simulate_trace
-from env.traces import poisson
-from profiles.catalog import load_catalog
+from jigsaw.agents.capacity import upper_bound
+from jigsaw.agents.ilp import prepare, solve
+from jigsaw.env.candidates import Features, SolverOptions
+from jigsaw.env.perf import BATCH_TIMEOUT_SHARE, compile_plan, evaluate
+from jigsaw.env.plan import GpuLayout, Plan, TaskConfig
+from jigsaw.env.sim import N_BINS, simulate, simulate_trace
+from jigsaw.env.traces import poisson
+from jigsaw.profiles.catalog import load_catalog
 
 SLO_MS = 100.0
 

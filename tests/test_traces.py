@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from env import traces
-from env.traces import Trace
-from profiles.errors import JigsawError, TraceError
+from jigsaw.env import traces
+from jigsaw.env.traces import Trace
+from jigsaw.profiles.errors import JigsawError, TraceError
 
 APPS = ("a", "b")
 

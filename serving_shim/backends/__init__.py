@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from profiles.errors import ShimError
-from serving_shim.backends.base import Backend, Health, Placement, WorkerHandle, WorkerSpec
-from serving_shim.backends.cpu import CpuBackend
-from serving_shim.backends.mig import MigBackend
-from serving_shim.backends.mps import MpsBackend
+from jigsaw.profiles.errors import ShimError
+from jigsaw.serving_shim.backends.base import Backend, Health, Placement, WorkerHandle, WorkerSpec
+from jigsaw.serving_shim.backends.cpu import CpuBackend
+from jigsaw.serving_shim.backends.mig import MigBackend
+from jigsaw.serving_shim.backends.mps import MpsBackend
 
 BACKENDS = ("cpu", "mps", "mig")
 

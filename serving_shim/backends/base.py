@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from env.plan import Plan
-from profiles.types import GpuType
-from serving_shim import ipc
+from jigsaw.env.plan import Plan
+from jigsaw.profiles.types import GpuType
+from jigsaw.serving_shim import ipc
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _SOCKET_PATH_MAX = 100  # AF_UNIX paths are limited to 104-108 bytes
@@ -112,9 +112,8 @@ class Backend:
         name = f"{spec.app}.{spec.task}.{n}"
         sock = str(self.socket_dir / f"w{n}.sock")
         log = self.log_dir / f"{name}.log"
-        env = {**os.environ, **dict(spec.env),
-               "PYTHONPATH": os.pathsep.join(filter(None, (str(PROJECT_ROOT), os.environ.get("PYTHONPATH"))))}
-        cmd = [sys.executable, "-m", "serving_shim.worker", "--socket", sock, "--model", spec.model,
+        env = {**os.environ, **dict(spec.env)}
+        cmd = [sys.executable, "-m", "jigsaw.serving_shim.worker", "--socket", sock, "--model", spec.model,
                "--threads", str(spec.threads), "--device", spec.device, "--batch", str(spec.batch)]
         with log.open("ab") as out:
             process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,

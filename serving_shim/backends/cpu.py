@@ -13,10 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from env.plan import Plan
-from profiles.errors import ShimError
-from profiles.types import GpuType
-from serving_shim.backends.base import Backend, Placement, WorkerSpec
+from jigsaw.env.plan import Plan
+from jigsaw.profiles.errors import ShimError
+from jigsaw.profiles.types import GpuType
+from jigsaw.serving_shim.backends.base import Backend, Placement, WorkerSpec
 
 
 def default_max_workers() -> int:

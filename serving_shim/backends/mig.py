@@ -14,12 +14,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from env.plan import Plan
-from profiles.errors import ShimError
-from profiles.types import GpuType
-from serving_shim.backends.base import Backend, Placement
-from serving_shim.backends.mps import spec_for
-from serving_shim.backends.nvidia import Gpu, discover
+from jigsaw.env.plan import Plan
+from jigsaw.profiles.errors import ShimError
+from jigsaw.profiles.types import GpuType
+from jigsaw.serving_shim.backends.base import Backend, Placement
+from jigsaw.serving_shim.backends.mps import spec_for
+from jigsaw.serving_shim.backends.nvidia import Gpu, discover
 
 
 def difference(plan: Plan, gpus: list[Gpu]) -> list[str]:

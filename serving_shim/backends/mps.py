@@ -12,10 +12,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from env.plan import Plan
-from profiles.types import GpuType
-from serving_shim.backends.base import Backend, Placement, WorkerSpec
-from serving_shim.backends.nvidia import Gpu, MpsDaemon, discover
+from jigsaw.env.plan import Plan
+from jigsaw.profiles.types import GpuType
+from jigsaw.serving_shim.backends.base import Backend, Placement, WorkerSpec
+from jigsaw.serving_shim.backends.nvidia import Gpu, MpsDaemon, discover
 
 
 def sm_percentage(gpu: GpuType, profile: str, mps_workers: int) -> int:

@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from profiles.errors import ShimError
+from jigsaw.profiles.errors import ShimError
 
 MPS_CONTROL = "nvidia-cuda-mps-control"
 _MPS_TIMEOUT_S = 10.0
