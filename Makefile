@@ -13,7 +13,7 @@ $(BIN)/jigsaw: pyproject.toml
 	touch $@
 
 demo: $(BIN)/jigsaw
-	$(BIN)/jigsaw evaluate --policy agents/policies/default.zip --logdir runs/demo
+	$(BIN)/jigsaw evaluate --policy agents/policies/default.npz --logdir runs/demo
 
 test: $(BIN)/jigsaw
 	$(BIN)/python -m pytest -q

@@ -6,18 +6,19 @@ controller's check would refuse -- the fallback rate) to TensorBoard, evaluates 
 traces periodically and keeps the best model, writes checkpoints, and resumes from one. Hyperparameters come
 from a YAML file in rl-zoo3's layout (``{env id: {n_timesteps, policy, n_envs, env_kwargs, ...PPO args}}``).
 
-Its output is the policy ``.zip`` plus a JSON sidecar (``<name>.json``) naming the catalog fingerprint, the
-environment settings and the version; ``load_policy`` refuses a policy trained for another catalog. A loaded
-``Policy`` acts without SB3: the actor network is exported to numpy (two small matrix products; ~10 us),
-and its ``proposer`` plugs into ``jigsaw.agents.controller.Controller``.
+Its output is the deployable policy: the actor's weights as ``<name>.npz`` plus a JSON sidecar (``<name>.json``)
+naming the catalog fingerprint, the environment settings, the version and the weights' digest
+(``jigsaw.agents.policy_file``); ``load_policy`` refuses a policy trained for another catalog, and never executes
+anything it reads. SB3's own model (``<name>_run/model.zip``, and its checkpoints) is a training artefact: loading
+one unpickles it, so only ``--resume`` and ``export_policy`` do, on files the user trusts. A loaded ``Policy``
+acts without SB3 (two small matrix products; ~10 us), and its ``proposer`` plugs into
+``jigsaw.agents.controller.Controller``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
-import json
 import math
 import signal
 import time
@@ -28,22 +29,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from jigsaw.agents.policy_file import (
+    ACTIVATIONS,
+    FORMAT,
+    ActorWeights,
+    PolicyError,
+    actor_spec,
+    policy_files,
+    read_actor,
+    read_settings,
+    write_policy,
+)
 from jigsaw.env import ENV_ID
 from jigsaw.env.gym_env import DEFAULT_TRACES, EnvConfig, JigsawEnv
 from jigsaw.env.plan import Plan
 from jigsaw.env.space import ACTION_NVEC, DecisionSpace, Levels
 from jigsaw.profiles.catalog import Catalog, load_catalog
+from jigsaw.profiles.documents import read_document
 from jigsaw.profiles.errors import ConfigError, JigsawError, ensure_writable_dir
 
 DEFAULT_HYPERPARAMS = Path(__file__).with_name("hyperparams") / "maskable_ppo.yml"
-DEFAULT_POLICY = Path(__file__).with_name("policies") / "default.zip"  # shipped; trained by the default `jigsaw train`
-FORMAT = 1  # sidecar format version
-
-
-class PolicyError(JigsawError):
-    """A policy file that cannot be used: missing, corrupt, or trained for another catalog or cluster."""
+DEFAULT_POLICY = Path(__file__).with_name("policies") / "default.npz"  # shipped; trained by the default `jigsaw train`
+MODEL_FILE = "model.zip"  # in the run dir: the SB3 model the policy was exported from
 
 
 @dataclass(frozen=True)
@@ -59,14 +67,30 @@ class TrainSettings:
     eval_episodes: int = 6
     checkpoint_freq: int = 50_000
 
+    def __post_init__(self) -> None:
+        """Refuse settings no run can use, before any environment process starts."""
+        for key in ("n_timesteps", "n_envs", "eval_freq", "eval_episodes", "checkpoint_freq"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{value!r} is not a whole number >= 1", field=key, fix="give a whole number >= 1")
+        if self.n_envs > MAX_ENVS:
+            raise ConfigError(f"{self.n_envs} environments (one process each)", field="n_envs",
+                              fix=f"give at most {MAX_ENVS}; a few per CPU core is plenty")
+        if not isinstance(self.env_kwargs, dict):
+            raise ConfigError(f"expected a mapping, got {self.env_kwargs!r}", field="env_kwargs",
+                              fix="give the environment's settings as key: value")
+        for key, value in self.ppo_kwargs.items():
+            if key in _PPO_RANGES:
+                low, high, whole = _PPO_RANGES[key]
+                number = not isinstance(value, bool) and isinstance(value, int if whole else int | float)
+                if not (number and low <= value <= high):
+                    raise ConfigError(f"{value!r} is out of range", field=key,
+                                      fix=f"give a {'whole ' if whole else ''}number in [{low:g}, {high:g}]")
+
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainSettings:
-        try:
-            doc = yaml.safe_load(Path(path).read_text())
-        except OSError as e:
-            raise ConfigError(f"cannot read ({e.strerror})", file=str(path), fix="give a hyperparameter YAML") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"not valid YAML ({e})".replace("\n", " "), file=str(path), fix="fix the syntax") from None
+        path = Path(path)
+        doc = read_document(path, ConfigError, "hyperparameter YAML")
         entry = doc.get(ENV_ID, doc.get(ENV_ID.split("/")[-1])) if isinstance(doc, dict) else None
         if not isinstance(entry, dict):
             raise ConfigError(f"no entry for {ENV_ID}", file=str(path), field=ENV_ID,
@@ -75,17 +99,25 @@ class TrainSettings:
         values = {k: v for k, v in entry.items() if k in own}
         ppo = {k: v for k, v in entry.items() if k not in own}
         for key in ("n_timesteps", "n_envs", "eval_freq", "eval_episodes", "checkpoint_freq"):
-            if key in values:
-                try:
-                    values[key] = int(float(values[key]))
-                except (TypeError, ValueError):
-                    raise ConfigError(f"'{values[key]}' is not a number", file=str(path), field=key,
-                                      fix="give a whole number") from None
-                if values[key] < 1:
-                    raise ConfigError(f"{values[key]} < 1", file=str(path), field=key, fix="give a number >= 1")
-        settings = cls(**values, ppo_kwargs=ppo)
+            if isinstance(values.get(key), float | str):  # YAML reads 1e5 as a string, 1.5e5 as a float
+                with contextlib.suppress(ValueError):
+                    number = float(values[key])
+                    values[key] = int(number) if number.is_integer() else number
+        try:
+            settings = cls(**values, ppo_kwargs=ppo)
+        except ConfigError as e:
+            raise ConfigError(e.message, file=str(path), field=e.field, fix=e.fix) from None
         EnvConfig.from_dict(settings.env_kwargs, str(path))  # validate now, not in a subprocess
         return settings
+
+
+MAX_ENVS = 256
+# MaskablePPO's numeric arguments: (low, high, whole number); the rest go to it unchecked.
+_PPO_RANGES: dict[str, tuple[float, float, bool]] = {
+    "n_steps": (2, 1e9, True), "batch_size": (2, 1e9, True), "n_epochs": (1, 1e6, True),
+    "learning_rate": (1e-12, 10.0, False), "gamma": (0.0, 1.0, False), "gae_lambda": (0.0, 1.0, False),
+    "ent_coef": (0.0, 1e3, False), "vf_coef": (0.0, 1e3, False), "clip_range": (1e-6, 1e3, False),
+    "max_grad_norm": (1e-6, 1e6, False)}
 
 
 def catalog_fingerprint(catalog: Catalog, config: EnvConfig) -> str:
@@ -110,30 +142,14 @@ def catalog_fingerprint(catalog: Catalog, config: EnvConfig) -> str:
 COLD_START_STEPS = 10  # a first decision's steps at its forecast (``Policy.proposer``)
 
 
-@dataclass(frozen=True)
-class ActorWeights:
-    """The actor of SB3's MlpPolicy: hidden layers (tanh) then the action logits, as numpy arrays."""
-
-    hidden: tuple[tuple[np.ndarray, np.ndarray], ...]
-    logits: tuple[np.ndarray, np.ndarray]
-    activation: str
-
-    def act(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """The deterministic action: per head the allowed choice with the highest logit."""
-        h = obs.astype(np.float64)
-        act = np.tanh if self.activation == "tanh" else (lambda x: np.maximum(x, 0.0))
-        for w, b in self.hidden:
-            h = act(w @ h + b)
-        z = self.logits[0] @ h + self.logits[1]
-        z = np.where(mask, z, -np.inf).reshape(-1, sum(ACTION_NVEC))
-        return np.stack([z[:, a:b].argmax(axis=1) for a, b in itertools.pairwise(np.cumsum((0, *ACTION_NVEC)))],
-                        axis=1)
-
-
 def export_actor(model: Any) -> ActorWeights:
+    """The actor of a MaskablePPO MlpPolicy as numpy arrays (float64)."""
     policy = model.policy
     layers = [m for m in policy.mlp_extractor.policy_net if hasattr(m, "weight")]
-    activation = "tanh" if policy.activation_fn.__name__.lower() == "tanh" else "relu"
+    activation = policy.activation_fn.__name__.lower()
+    if activation not in ACTIVATIONS:
+        raise PolicyError(f"activation {policy.activation_fn.__name__}", field="policy_kwargs.activation_fn",
+                          fix=f"train with one of {', '.join(ACTIVATIONS)}")
     as_np = lambda t: t.detach().cpu().numpy().astype(np.float64)  # noqa: E731
     return ActorWeights(tuple((as_np(m.weight), as_np(m.bias)) for m in layers),
                         (as_np(policy.action_net.weight), as_np(policy.action_net.bias)), activation)
@@ -193,42 +209,77 @@ def sidecar_path(policy_path: Path) -> Path:
 
 
 def load_policy(path: str | Path, catalog: Catalog) -> Policy:
-    """Load a policy ``.zip`` and its sidecar; refuse a corrupt file or one trained for another catalog."""
-    path = Path(path)
-    meta_path = sidecar_path(path)
-    if not path.exists():
-        raise PolicyError("no such policy file", file=str(path), fix="train one with `jigsaw train --out FILE`")
+    """Load a policy: its weights (``.npz``; its ``.json`` or bare name also do) and its settings. Nothing read is
+    executed: an SB3 ``.zip`` is refused unopened. Refuses a corrupt pair, or one trained for another catalog."""
+    files = policy_files(path)
+    meta = read_settings(files.settings)
+    source = str(files.settings)
+    spec = actor_spec(meta, source)
     try:
-        meta = json.loads(meta_path.read_text())
-        config = EnvConfig.from_dict(meta["env_config"], str(meta_path))
-        fingerprint, version = str(meta["catalog_fingerprint"]), str(meta["version"])
-    except OSError:
-        raise PolicyError("its settings file is missing", file=str(meta_path),
-                          fix="keep the .json that `jigsaw train` wrote beside the .zip") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise PolicyError(f"corrupt settings ({type(e).__name__}: {e})", file=str(meta_path),
-                          fix="re-train, or restore the .json `jigsaw train` wrote") from None
+        config = EnvConfig.from_dict(meta["env_config"], source)
+    except (TypeError, ValueError) as e:
+        raise PolicyError(f"bad environment settings ({e})", file=source, field="env_config",
+                          fix="restore the .json written with the policy, or re-train") from None
     try:
         expected = catalog_fingerprint(catalog, config)
     except JigsawError as e:
-        raise PolicyError(f"trained for apps or a GPU type this catalog lacks ({e.message})", file=str(path),
+        raise PolicyError(f"trained for apps or a GPU type this catalog lacks ({e.message})", file=str(files.weights),
                           fix="use the catalog it was trained with, or re-train") from None
-    if expected != fingerprint:
-        raise PolicyError(f"trained for another catalog (fingerprint {fingerprint}, this catalog {expected})",
-                          file=str(path), fix="use the catalog it was trained with, or re-train with `jigsaw train`")
+    if expected != meta["catalog_fingerprint"]:
+        raise PolicyError(f"trained for another catalog (fingerprint {meta['catalog_fingerprint']}, this catalog "
+                          f"{expected})", file=str(files.weights),
+                          fix="use the catalog it was trained with, or re-train with `jigsaw train`")
+    space = DecisionSpace(catalog, config.gpu_type, list(config.apps), config.gpus)
+    if (spec.observation_size, spec.n_logits) != (space.observation_size, len(space.tasks) * sum(ACTION_NVEC)):
+        raise PolicyError("its observation or action size does not match this version's environment", file=source,
+                          field="actor.layers", fix="re-train with this version")
+    return Policy(read_actor(files.weights, spec), config, catalog, meta["version"])
+
+
+def load_checkpoint(path: Path, **kwargs: Any) -> Any:
+    """An SB3 MaskablePPO checkpoint. TRUSTED INPUT ONLY: SB3 unpickles it, which runs any code it holds."""
     from sb3_contrib import MaskablePPO  # torch is only needed here and in training
 
+    _check_checkpoint_path(path)
     try:
-        model = MaskablePPO.load(str(path), device="cpu")
-    except (zipfile.BadZipFile, ValueError, KeyError, RuntimeError, EOFError) as e:
-        raise PolicyError(f"corrupt policy ({type(e).__name__}: {e})".replace("\n", " "), file=str(path),
-                          fix="re-train, or restore the file") from None
-    actor = export_actor(model)
-    if actor.hidden[0][0].shape[1] != DecisionSpace(catalog, config.gpu_type, list(config.apps),
-                                                   config.gpus).observation_size:
-        raise PolicyError("its observation size does not match this version's environment", file=str(path),
-                          fix="re-train with this version")
-    return Policy(actor, config, catalog, version)
+        return MaskablePPO.load(str(path), device="cpu", **kwargs)
+    except (zipfile.BadZipFile, ValueError, KeyError, RuntimeError, EOFError, OSError, AssertionError) as e:
+        raise PolicyError(f"corrupt checkpoint ({type(e).__name__}: {e})"[:300].replace("\n", " "), file=str(path),
+                          fix="give an SB3 .zip written by `jigsaw train`") from None
+
+
+def _check_checkpoint_path(path: Path) -> None:
+    if path.suffix.lower() in (".npz", ".json"):
+        raise PolicyError("a deployable policy, not an SB3 checkpoint", file=str(path),
+                          fix="give the SB3 .zip: NAME_run/model.zip or one under NAME_run/checkpoints/")
+    if not path.is_file():
+        raise PolicyError("no such checkpoint", file=str(path),
+                          fix="give an SB3 .zip written by `jigsaw train` (NAME_run/model.zip, NAME_run/checkpoints/)")
+
+
+def export_policy(checkpoint: Path, out: Path, settings: Path | None = None) -> dict[str, Any]:
+    """Write the deployable policy (``out`` as .npz, its .json beside it) of an SB3 checkpoint. TRUSTED INPUT ONLY:
+    loading the checkpoint unpickles it, which runs any code it holds. ``settings`` (default: the .json beside the
+    checkpoint, or NAME.json for one in NAME_run/; format 1 or 2) gives the sidecar's catalog fingerprint,
+    environment settings and version."""
+    _check_checkpoint_path(checkpoint)
+    meta = read_settings(settings or _checkpoint_settings(checkpoint), formats=(1, FORMAT))
+    ensure_writable_dir(out.parent, "--out")
+    written = write_policy(out, export_actor(load_checkpoint(checkpoint)), meta)
+    return {"out": str(written), "settings": str(sidecar_path(written)), "version": meta["version"]}
+
+
+def _checkpoint_settings(checkpoint: Path) -> Path:
+    """The settings of a checkpoint: the .json beside it, else, in a run dir ``NAME_run/`` (or its checkpoints/),
+    the policy's ``NAME.json`` beside the run dir."""
+    beside = checkpoint.with_suffix(".json")
+    if beside.exists():
+        return beside
+    for run_dir in (checkpoint.parent, checkpoint.parent.parent):
+        named = run_dir.parent / (run_dir.name.removesuffix("_run") + ".json")
+        if run_dir.name.endswith("_run") and named.is_file():
+            return named
+    return beside
 
 
 # ---- training
@@ -261,7 +312,9 @@ class _Progress:
 
 def train(settings: TrainSettings, out: Path, *, catalog_path: str | None = None, seed: int = 0,
           logdir: Path | None = None, resume: Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train, write ``out`` (.zip) and its sidecar, return a summary. Ctrl-C saves a checkpoint first."""
+    """Train, write the policy ``out`` (.npz, whatever suffix is given) and its sidecar, return a summary. SB3's
+    model goes to the run dir ``<out stem>_run/`` (``model.zip``, the one exported; ``checkpoints/``). ``resume``
+    is such a checkpoint: TRUSTED INPUT ONLY, loading it unpickles it. Ctrl-C saves a checkpoint first."""
     import torch
     from sb3_contrib import MaskablePPO
     from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
@@ -272,18 +325,23 @@ def train(settings: TrainSettings, out: Path, *, catalog_path: str | None = None
     env_doc = {**settings.env_kwargs, "catalog": catalog_path, "part": "train", "mode": "perf"}
     config = EnvConfig.from_dict(env_doc, "env_kwargs")
     catalog = load_catalog(catalog_path)
-    out = out.with_suffix(".zip")
+    out = out.with_suffix(".npz")
     run_dir = out.parent / (out.stem + "_run")
     for d, flag in ((out.parent, "--out"), (run_dir, "--out"), *(((logdir, "--logdir"),) if logdir else ())):
         ensure_writable_dir(d, flag)
+    if resume is not None:
+        _check_checkpoint_path(resume)
+    JigsawEnv(config).close()  # a bad trace or setting is one line here, not a traceback from a subprocess
     env_fns = [_make_env(config.to_dict(), i, seed) for i in range(settings.n_envs)]
     venv = SubprocVecEnv(env_fns) if settings.n_envs > 1 else DummyVecEnv(env_fns)
     eval_doc = {**config.to_dict(), "part": "held_out", "random_levels": False}
     eval_env = DummyVecEnv([_make_env(eval_doc, 10_000, seed)])
     if resume is not None:
-        if not resume.exists():
-            raise PolicyError("no such checkpoint", file=str(resume), fix="give a .zip written by `jigsaw train`")
-        model = MaskablePPO.load(str(resume), env=venv, device="cpu", tensorboard_log=str(logdir) if logdir else None)
+        try:
+            model = load_checkpoint(resume, env=venv, tensorboard_log=str(logdir) if logdir else None)
+        except PolicyError:
+            venv.close()
+            raise
     else:
         try:
             model = MaskablePPO(settings.policy, venv, seed=seed, device="cpu", verbose=0,
@@ -349,13 +407,13 @@ def train(settings: TrainSettings, out: Path, *, catalog_path: str | None = None
                                 f"{checkpoint} (continue with --resume {checkpoint})")
     best = run_dir / "best_model.zip"
     final = MaskablePPO.load(str(best), device="cpu") if best.exists() else model
-    final.save(str(out))
+    final.save(str(run_dir / MODEL_FILE))
     version = f"{out.stem}@{time.strftime('%Y-%m-%dT%H:%M:%S')}"
-    meta = {"format": FORMAT, "version": version, "catalog_fingerprint": catalog_fingerprint(catalog, config),
+    meta = {"version": version, "catalog_fingerprint": catalog_fingerprint(catalog, config),
             "env_config": _portable(config),
             "n_timesteps": int(model.num_timesteps), "seed": seed, "train_seconds": round(time.perf_counter() - start),
             "hyperparameters": {"policy": settings.policy, "n_envs": settings.n_envs, **settings.ppo_kwargs}}
-    sidecar_path(out).write_text(json.dumps(meta, indent=1))
+    write_policy(out, export_actor(final), meta)
     venv.close()
     return {"out": str(out), "version": version, "timesteps": int(model.num_timesteps),
             "seconds": meta["train_seconds"], "best_eval_reward": _best_eval(run_dir)}

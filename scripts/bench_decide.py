@@ -7,7 +7,7 @@ space (the observation is scaled per cluster, so its size and meaning do not cha
 time depends on the space, not on what the weights learned. Medians; the ILP gets a 10 s limit (the daemon's).
 The last line is one JSON object:
 {"decide_ms_p50": {"4": x, "120": x}, "ilp_s": {"4": x, "120": x}, "ratio_120": x} (ratio: ILP time over decision).
-Usage: python scripts/bench_decide.py [--policy agents/policies/default.zip] [--intervals 40] [--ilp-solves 5]
+Usage: python scripts/bench_decide.py [--policy agents/policies/default.npz] [--intervals 40] [--ilp-solves 5]
 """
 
 from __future__ import annotations

@@ -63,9 +63,11 @@ def test_the_wheel_installs_one_top_level_name_and_ships_its_data(tmp_path: Path
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"jigsaw"}
     for shipped in ("jigsaw/__init__.py", "jigsaw/env/gym_env.py", "jigsaw/serving_shim/backends/cpu.py",
-                    "jigsaw/agents/policies/default.zip", "jigsaw/agents/hyperparams/maskable_ppo.yml",
-                    "jigsaw/profiles/data/catalog.yaml", "jigsaw/profiles/data/h100/profiles.csv"):
+                    "jigsaw/agents/policies/default.npz", "jigsaw/agents/policies/default.json",
+                    "jigsaw/agents/hyperparams/maskable_ppo.yml", "jigsaw/profiles/data/catalog.yaml",
+                    "jigsaw/profiles/data/h100/profiles.csv"):
         assert shipped in names, shipped
+    assert not any(n.startswith("jigsaw/agents/policies/") and n.endswith(".zip") for n in names)  # pickles: never
     assert not any(n.startswith("jigsaw/tests/") for n in names)
     entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "jigsaw = jigsaw.scripts.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()

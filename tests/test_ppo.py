@@ -3,6 +3,7 @@ through the controller. (How well a policy learns is measured by `jigsaw evaluat
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -10,7 +11,16 @@ import numpy as np
 import pytest
 
 from jigsaw.agents.controller import Controller
-from jigsaw.agents.ppo import DEFAULT_POLICY, PolicyError, TrainSettings, load_policy, sidecar_path, train
+from jigsaw.agents.ppo import (
+    DEFAULT_POLICY,
+    MODEL_FILE,
+    PolicyError,
+    TrainSettings,
+    load_checkpoint,
+    load_policy,
+    sidecar_path,
+    train,
+)
 from jigsaw.env.gym_env import JigsawEnv
 from jigsaw.profiles.catalog import load_catalog
 from jigsaw.profiles.errors import ConfigError
@@ -23,16 +33,17 @@ TINY = TrainSettings(n_timesteps=256, n_envs=1, env_kwargs={"gpus": 4, "episode_
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("policy") / "tiny.zip"
+    out = tmp_path_factory.mktemp("policy") / "tiny.zip"  # the suffix becomes .npz
     summary = train(TINY, out, seed=1, logdir=out.parent / "tb", progress=False)
-    assert summary["timesteps"] >= 256 and Path(summary["out"]).exists()
-    return out
+    assert summary["timesteps"] >= 256 and summary["out"] == str(out.with_suffix(".npz"))
+    assert not out.exists() and (out.parent / "tiny_run" / MODEL_FILE).exists()  # SB3's model: a training artefact
+    return out.with_suffix(".npz")
 
 
 def test_trained_policy_loads_and_proposes(trained: Path) -> None:
     catalog = load_catalog()
     meta = json.loads(sidecar_path(trained).read_text())
-    assert meta["env_config"]["gpus"] == 4 and meta["catalog_fingerprint"]
+    assert meta["env_config"]["gpus"] == 4 and meta["catalog_fingerprint"] and meta["format"] == 2
     assert "traces" not in meta["env_config"]  # the default traces: no path of this checkout in the sidecar
     assert any((trained.parent / "tb").rglob("events.out.tfevents.*"))
     policy = load_policy(trained, catalog)
@@ -46,21 +57,46 @@ def test_trained_policy_loads_and_proposes(trained: Path) -> None:
 
 def test_refuses_another_catalog_and_corrupt_files(trained: Path, tmp_path: Path) -> None:
     catalog = load_catalog()
-    other = tmp_path / "other.zip"
+    other = tmp_path / "other.npz"
     other.write_bytes(trained.read_bytes())
     meta = json.loads(sidecar_path(trained).read_text())
     sidecar_path(other).write_text(json.dumps({**meta, "catalog_fingerprint": "0" * 16}))
     with pytest.raises(PolicyError, match="another catalog"):
         load_policy(other, catalog)
-    sidecar_path(other).write_text(json.dumps(meta))
     other.write_bytes(b"not a zip")
-    with pytest.raises(PolicyError, match="corrupt"):
+    actor = {**meta["actor"], "sha256": hashlib.sha256(b"not a zip").hexdigest()}
+    sidecar_path(other).write_text(json.dumps({**meta, "actor": actor}))
+    with pytest.raises(PolicyError, match="corrupt weights"):
         load_policy(other, catalog)
     sidecar_path(other).write_text("{")
-    with pytest.raises(PolicyError, match="corrupt settings"):
+    with pytest.raises(PolicyError, match="not valid JSON"):
         load_policy(other, catalog)
     with pytest.raises(PolicyError, match="no such policy"):
+        load_policy(tmp_path / "missing.npz", catalog)
+    with pytest.raises(PolicyError, match="no such policy"):
         load_policy(tmp_path / "missing.zip", catalog)
+
+
+def test_export_gives_the_checkpoint_s_actions(trained: Path, tmp_path: Path) -> None:
+    """`export-policy` of the run dir's SB3 model (its settings found beside the run dir) acts as SB3 does."""
+    checkpoint = trained.parent / "tiny_run" / MODEL_FILE
+    assert main(["export-policy", str(checkpoint), "--out", str(tmp_path / "exported.npz")]) == 0
+    exported = load_policy(tmp_path / "exported.npz", load_catalog())
+    meta, trained_meta = (json.loads(sidecar_path(p).read_text()) for p in (tmp_path / "exported.npz", trained))
+    assert {k: v for k, v in meta.items() if k != "actor"} == {k: v for k, v in trained_meta.items() if k != "actor"}
+    model = load_checkpoint(checkpoint)
+    env = JigsawEnv(exported.env_config.to_dict())
+    obs, _ = env.reset(seed=3)
+    for _ in range(20):
+        mask = env.action_masks()
+        expected, _ = model.predict(obs, action_masks=mask, deterministic=True)
+        ours = exported.actor.act(obs, mask).reshape(-1)
+        assert (ours == expected).all()
+        obs, _, terminated, truncated, _ = env.step(ours)
+        if terminated or truncated:
+            obs, _ = env.reset()
+    with pytest.raises(PolicyError, match="not an SB3 checkpoint"):
+        load_checkpoint(trained)
 
 
 def test_bad_hyperparameters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -69,10 +105,10 @@ def test_bad_hyperparameters(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     with pytest.raises(ConfigError):
         TrainSettings.from_yaml(bad)
     bad.write_text("other-env: {}\n")
-    assert main(["train", "--hyperparams", str(bad), "--out", str(tmp_path / "p.zip")]) == 2
+    assert main(["train", "--hyperparams", str(bad), "--out", str(tmp_path / "p.npz")]) == 2
     assert "no entry for jigsaw/JigsawServe-v0" in capsys.readouterr().err
     bad.write_text("jigsaw/JigsawServe-v0: {not_a_ppo_argument: 1, n_timesteps: 10}\n")
-    assert main(["train", "--hyperparams", str(bad), "--out", str(tmp_path / "p.zip"), "--no-progress",
+    assert main(["train", "--hyperparams", str(bad), "--out", str(tmp_path / "p.npz"), "--no-progress",
                  "--logdir", str(tmp_path / "tb")]) == 2
 
 
