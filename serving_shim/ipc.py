@@ -11,7 +11,9 @@ own inputs).
 Messages (the router asks, the worker answers with the same ``id``):
   {"op": "infer", "id": n, "n": items}   -> {"id": n, "ok": true, "out": [int per item], "ms": service ms}
   {"op": "health", "id": n}              -> {"id": n, "ok": true, "model": name, "pid": pid, "warm_ms": ms}
-A failure is answered {"id": n, "ok": false, "error": text}.
+A failure is answered {"id": n, "ok": false, "error": text}. The worker serves each connection on a thread
+of its own and answers ``health`` without waiting for the model, so a health check on a connection of its own
+is answered while a long batch runs on the router's; a worker that does not answer it is hung, not busy.
 """
 
 from __future__ import annotations
@@ -60,10 +62,13 @@ def recv_message(sock: socket.socket) -> dict[str, Any]:
     return json.loads(_recv_exactly(sock, _checked_length(_recv_exactly(sock, _HEADER.size))))
 
 
-def request(path: str, message: dict[str, Any], timeout_s: float = 2.0) -> dict[str, Any]:
-    """One blocking round trip to the worker at socket ``path`` (health checks outside the router)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout_s)
-        sock.connect(path)
-        sock.sendall(encode(message))
-        return recv_message(sock)
+async def request(path: str, message: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """One round trip to the worker at socket ``path`` on a connection of its own (health checks, beside the
+    router's connection); raises ``TimeoutError`` when the answer takes longer than ``timeout_s``."""
+    async with asyncio.timeout(timeout_s):
+        reader, writer = await asyncio.open_unix_connection(path, limit=MAX_MESSAGE + 8)
+        try:
+            writer.write(encode(message))
+            return await read_message(reader)
+        finally:
+            writer.close()

@@ -4,22 +4,33 @@
 workers are started and awaited until ready; then traffic switches (the router takes the plan's batch sizes
 and budgets and the new workers); then the workers the plan no longer needs are drained (no new batches,
 their batches in flight finish) and stopped. A task whose new workers all fail to start keeps its old ones.
-``supervise()`` restarts every worker that dies with the same spec (the router has already retried its
-batches on the other replicas).
+
+``supervise()`` keeps the serving workers serving. It checks each one's health every ``health_every_s`` on a
+connection of its own (the worker answers beside a running batch, so a long batch is no failure; see
+``ipc``), and replaces a worker that *died* (its process exited) or is *hung*: its checks have failed (no
+answer within ``health_timeout_s``) for ``health_deadline_s`` on ``clock``, i.e. about three missed checks by
+default — a stopped, deadlocked or swapping process, or one stuck in a driver call. Either way the router
+detaches it at once (its batches in flight are retried on the other replicas), the process is killed and
+reaped (SIGKILL: a hung process may never act on SIGTERM), and a worker of the same spec starts at once
+(make-before-break is impossible here); it serves once ready, unless a plan applied meanwhile covers its
+task without it. Restarts are counted by cause (``died``, ``hung``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from jigsaw.env.plan import Plan
 from jigsaw.profiles.types import GpuType
 from jigsaw.serving_shim.backends.base import Backend, WorkerHandle, WorkerSpec
+from jigsaw.serving_shim.errorlog import ErrorLog
 from jigsaw.serving_shim.router import Replica, Router
 
 log = logging.getLogger("jigsaw.reconciler")
@@ -27,6 +38,10 @@ log = logging.getLogger("jigsaw.reconciler")
 READY_TIMEOUT_S = 180.0  # importing torch and warming a model on a loaded 2-core machine
 _POLL_S = 0.1
 SUPERVISE_EVERY_S = 0.25
+HEALTH_EVERY_S = 1.0  # one health check per serving worker this often
+HEALTH_TIMEOUT_S = 1.0  # a check not answered within this failed (an idle worker answers in well under 10 ms)
+HEALTH_DEADLINE_S = 3.0  # checks failing for this long: the worker is hung
+RESTART_CAUSES = ("died", "hung")
 
 
 @dataclass(eq=False)
@@ -37,10 +52,16 @@ class Worker:
     restarts: int = 0
     ready_s: float = 0.0  # seconds from launch to ready
     warm_ms: float = 0.0  # its batch's service time after warm-up
+    checking: bool = False  # a health check is under way
+    checked_s: float = -math.inf  # when the last health check began (the reconciler's clock)
+    failing_since_s: float | None = None  # when the first of its failing health checks began; None: they pass
 
     @property
     def spec(self) -> WorkerSpec:
         return self.handle.spec
+
+    def hung(self, now_s: float, deadline_s: float) -> bool:
+        return self.failing_since_s is not None and now_s - self.failing_since_s >= deadline_s
 
 
 @dataclass
@@ -53,17 +74,33 @@ class ApplyReport:
 
 
 class Reconciler:
-    def __init__(self, backend: Backend, router: Router, gpu: GpuType) -> None:
+    def __init__(self, backend: Backend, router: Router, gpu: GpuType, *, clock: Callable[[], float] = time.monotonic,
+                 health_every_s: float = HEALTH_EVERY_S, health_timeout_s: float = HEALTH_TIMEOUT_S,
+                 health_deadline_s: float = HEALTH_DEADLINE_S) -> None:
+        """:param clock: seconds, for the health deadline
+        :param health_every_s: a health check per serving worker this often, s
+        :param health_timeout_s: a check not answered within this failed, s
+        :param health_deadline_s: a worker whose checks have failed for this long is hung, s"""
         self.backend, self.router, self.gpu = backend, router, gpu
+        self.clock = clock
+        self.health_every_s, self.health_timeout_s = health_every_s, health_timeout_s
+        self.health_deadline_s = health_deadline_s
         self.workers: list[Worker] = []
         self.notes: tuple[str, ...] = ()
-        self.failed: list[str] = []  # workers of the last apply that did not start (the next apply retries them)
-        self.restarts = 0
+        self.failed: list[str] = []  # workers that did not start (the next apply retries them)
+        self.errors = ErrorLog(log)
+        self.placed: Counter[WorkerSpec] = Counter()  # the workers the last apply meant to leave serving
+        self.restarts_by_cause: Counter[str] = Counter(dict.fromkeys(RESTART_CAUSES, 0))
         self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()  # health checks and restarts under way
 
     @property
     def serving(self) -> list[Worker]:
         return [w for w in self.workers if w.state == "ready"]
+
+    @property
+    def restarts(self) -> int:
+        return sum(self.restarts_by_cause.values())
 
     async def apply(self, plan: Plan) -> ApplyReport:
         async with self._lock:
@@ -87,9 +124,10 @@ class Reconciler:
             self.router.configure(plan)
             for w in ready:
                 await self._attach(w)
-            covered = {w.spec.key for w in keep + ready}
+            covered = {w.spec.key for w in keep + ready if w.state == "ready"}
             retire = [w for w in old if w.spec.key in covered]  # make-before-break: never leave a task bare
             await asyncio.gather(*(self._retire(w) for w in retire))
+            self.placed = Counter(placement.specs) + Counter(w.spec for w in old if w not in retire)
             self.workers = [w for w in self.workers if w.state in ("starting", "ready")]
             self.failed = [w.handle.name for w in new if w.state == "failed"]
             report = ApplyReport(len(ready), len(keep), len(retire), self.failed, placement.notes)
@@ -98,20 +136,19 @@ class Reconciler:
             return report
 
     async def supervise(self) -> None:
-        """Forever: restart workers whose process died."""
+        """Forever: check the serving workers' health; replace those that died or hung."""
         while True:
             await asyncio.sleep(SUPERVISE_EVERY_S)
-            if any(w.handle.process.poll() is not None for w in self.serving):
-                await self.restart_dead()
-
-    async def restart_dead(self) -> None:
-        async with self._lock:
-            dead = [w for w in self.serving if w.handle.process.poll() is not None]
-            await asyncio.gather(*(self._restart(w) for w in dead))
-            self.workers = [w for w in self.workers if w.state in ("starting", "ready")]
+            try:
+                self._supervise_once()
+            except Exception:  # the supervisor outlives any one worker's trouble
+                log.exception("supervising the workers failed; going on")
 
     async def shutdown(self) -> None:
-        """Drain and stop every worker."""
+        """Stop the health checks and restarts under way; drain and stop every worker."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         async with self._lock:
             await asyncio.gather(*(self._retire(w) for w in self.workers if w.state in ("starting", "ready")))
             self.workers = []
@@ -120,6 +157,7 @@ class Reconciler:
         return [{"name": w.handle.name, "app": w.spec.app, "task": w.spec.task, "variant": w.spec.variant,
                  "model": w.spec.model, "place": w.spec.place, "threads": w.spec.threads, "pid": w.handle.pid,
                  "state": w.state, "restarts": w.restarts, "ready_s": round(w.ready_s, 3),
+                 "failing_s": round(self.clock() - w.failing_since_s, 3) if w.failing_since_s is not None else 0.0,
                  "batches_in_flight": len(w.replica.in_flight) if w.replica else 0} for w in self.workers]
 
     # ------------------------------------------------------------------------------------------------ internals
@@ -127,7 +165,7 @@ class Reconciler:
     async def _until_ready(self, w: Worker) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
-            health = await asyncio.to_thread(self.backend.health, w.handle)
+            health = await self.backend.health(w.handle)
             if health.ready:
                 w.state, w.ready_s = "ready", time.monotonic() - w.handle.started_s
                 w.warm_ms = float(health.detail.get("warm_ms", 0.0))
@@ -155,16 +193,76 @@ class Reconciler:
         await asyncio.to_thread(self.backend.stop, w.handle)
         w.state = "stopped"
 
-    async def _restart(self, dead: Worker) -> None:
-        log.warning("worker %s (pid %d) died with code %s; restarting it", dead.handle.name, dead.handle.pid,
-                    dead.handle.process.returncode)
-        dead.state = "stopped"
-        if dead.replica is not None:
-            self.router.detach(dead.replica, "worker died")
-        await asyncio.to_thread(self.backend.stop, dead.handle)  # reap it, remove its socket
-        fresh = Worker(self.backend.start(dead.spec), restarts=dead.restarts + 1)
+    def _supervise_once(self) -> None:
+        now = self.clock()
+        for w in self.serving:
+            if w.handle.process.poll() is not None:
+                self._replace(w, "died")
+            elif w.hung(now, self.health_deadline_s):
+                self._replace(w, "hung")
+            elif not w.checking and now - w.checked_s >= self.health_every_s:
+                w.checking, w.checked_s = True, now
+                self._spawn(self._check(w, now))
+
+    async def _check(self, w: Worker, began_s: float) -> None:
+        try:
+            health = await self.backend.health(w.handle, self.health_timeout_s)
+        except OSError as e:  # out of descriptors here: no verdict on the worker (else every worker looks hung)
+            self.errors.record("health_check", e, "a health check")
+            return
+        finally:
+            w.checking = False
+        if health.ready and w.failing_since_s is not None:
+            log.info("worker %s answers health checks again after %.1f s", w.handle.name,
+                     self.clock() - w.failing_since_s)
+            w.failing_since_s = None
+        elif not health.ready and health.alive and w.failing_since_s is None:
+            log.warning("worker %s failed a health check (%s); hung if its checks fail for %g s", w.handle.name,
+                        health.detail.get("error", health.detail), self.health_deadline_s)
+            w.failing_since_s = began_s
+
+    def _replace(self, old: Worker, cause: str) -> None:
+        """Take ``old`` out of service now (the router retries its batches in flight), restart it in the background."""
+        if cause == "died":
+            log.warning("worker %s (pid %d) died with code %s; restarting it", old.handle.name, old.handle.pid,
+                        old.handle.process.returncode)
+        else:
+            log.warning("worker %s (pid %d) is hung: its health checks have failed for %.1f s; killing and "
+                        "replacing it", old.handle.name, old.handle.pid, self.clock() - (old.failing_since_s or 0.0))
+        old.state = "stopped"
+        self.workers.remove(old)
+        self.restarts_by_cause[cause] += 1
+        if old.replica is not None:
+            self.router.detach(old.replica, f"worker {cause}")
+        self._spawn(self._restart(old))
+
+    async def _restart(self, old: Worker) -> None:
+        await asyncio.to_thread(self.backend.stop, old.handle, 0.0)  # dead or hung: reap (SIGKILL), remove its socket
+        try:
+            fresh = Worker(self.backend.start(old.spec), restarts=old.restarts + 1)
+        except OSError as e:  # e.g. no descriptors for its pipes: the next apply retries it
+            log.error("cannot restart worker %s (%s); the next decision retries it", old.handle.name, e.strerror or e)
+            self.failed.append(old.handle.name)
+            return
         self.workers.append(fresh)
-        self.restarts += 1
         await self._until_ready(fresh)
-        if fresh.state == "ready":
-            await self._attach(fresh)
+        async with self._lock:  # an apply may have changed what the task needs while it started
+            if fresh.state == "failed":
+                self.failed.append(fresh.handle.name)
+            elif fresh.state == "ready":
+                others = sum(1 for w in self.serving if w.spec == fresh.spec and w is not fresh)
+                if others < self.placed[fresh.spec]:
+                    await self._attach(fresh)
+                else:
+                    await self._retire(fresh)
+            self.workers = [w for w in self.workers if w.state in ("starting", "ready")]
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a worker's health check or restart failed", exc_info=task.exception())

@@ -25,8 +25,10 @@ Per task of every app (times from the event loop's monotonic clock, seconds):
   the longest chain below it, each the fastest recent batch) passes the deadline; at the deadline a request
   with an item still queued is dropped. A dropped item drops its request: answered at once, the rest of its
   items are skipped.
-* Failures. When a worker dies (its socket ends) or fails a batch, the batch's items go back to the head of
-  the queue to be retried once on another replica; an item that fails twice ends its request with 502.
+* Failures. When a worker dies (its socket ends), fails a batch, or is detached as hung (the reconciler's
+  health checks), the batch's items go back to the head of the queue to be retried once on another replica;
+  an item that fails twice ends its request with 502, one whose deadline can no longer be met is dropped
+  (503) at once, saying why.
 """
 
 from __future__ import annotations
@@ -207,7 +209,7 @@ class Router:
             return Response.error(405, "use POST")
         try:
             body = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: nested too deeply (10,000 lists in 20 KB)
             return Response.error(400, f"body is not JSON ({e})")
         if not isinstance(body, dict):
             return Response.error(400, 'body must be a JSON object, e.g. {"id": 1}')
@@ -333,12 +335,16 @@ class Router:
         self._pump(tq)
 
     def _retry(self, tq: TaskQueue, items: list[Item], reason: str) -> None:
+        now = asyncio.get_running_loop().time()
         for item in reversed(items):
             req = item.request
             if req.done:
                 continue
             if item.retried:
                 self._finish(req, "error", 502, f"a batch at {tq.task} failed twice ({reason})")
+                continue
+            if now + tq.rem_s > req.deadline_s:
+                self._finish(req, "dropped", 503, f"deadline unreachable at {tq.task} after its batch failed ({reason})")
                 continue
             item.retried = True
             req.queued += 1

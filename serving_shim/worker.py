@@ -5,7 +5,9 @@
 It builds the model (``jigsaw.profiles.models``), warms it up at batch 1 and at the plan's batch, and only then
 binds its socket: a socket that accepts is a ready worker. Each batch runs on a synthetic input of the
 batch's size and is answered with one small result per item (the argmax of its output) and the service
-time in ms. The backend sets the process's placement (threads, CUDA_VISIBLE_DEVICES, the MPS thread
+time in ms. Each connection is served on a thread of its own and ``health`` needs no model lock, so a health
+check is answered while a long batch runs (the reconciler takes a worker that stops answering it as hung).
+The backend sets the process's placement (threads, CUDA_VISIBLE_DEVICES, the MPS thread
 percentage) through its arguments and environment. A worker exits when its parent dies, so a crashed
 daemon leaves no orphans.
 """
@@ -79,9 +81,9 @@ def serve(socket_path: str, model: Model, warm_ms: float) -> None:
             while True:
                 try:
                     message = recv_message(self.request)
-                except (EOFError, OSError):
+                    self.request.sendall(encode(answer(model, warm_ms, message)))
+                except (EOFError, OSError):  # the peer left (a health check that gave up waiting, a drained router)
                     return
-                self.request.sendall(encode(answer(model, warm_ms, message)))
 
     Path(socket_path).unlink(missing_ok=True)  # a stale socket from a crashed predecessor
     with socketserver.ThreadingUnixStreamServer(socket_path, Handler) as server:

@@ -3,16 +3,20 @@
 A backend ``open()``s (checks the machine, starts shared daemons; a machine without what it needs fails
 here with a ``ShimError``, one line), ``place``s a plan (which worker processes, with which threads,
 devices and environment), ``start``s a worker from its spec (a handle at once; the worker is ready when
-``health`` says so), ``stop``s it, reports ``devices()``, and ``close()``s. Starting, stopping and health
-checking processes is the same everywhere and lives here; the backends differ in ``open``/``close``,
-``place`` and ``devices``.
+``health`` says so: an answer on the worker's socket within a deadline), ``stop``s it, reports ``devices()``,
+and ``close()``s. Starting, stopping and health checking processes is the same everywhere and lives here; the
+backends differ in ``open``/``close``, ``place`` and ``devices``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import itertools
 import os
+import re
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -28,6 +32,7 @@ from jigsaw.serving_shim import ipc
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _SOCKET_PATH_MAX = 100  # AF_UNIX paths are limited to 104-108 bytes
 STOP_GRACE_S = 5.0
+_SOCKET_NAME = re.compile(r"w\d+\.sock")  # Backend.start's worker sockets
 
 
 @dataclass(frozen=True)
@@ -91,8 +96,17 @@ class Backend:
         if len(str(sock)) + 16 > _SOCKET_PATH_MAX:  # a deep run dir: keep sockets in a short private dir
             sock = Path(tempfile.mkdtemp(prefix="jigsaw-"))
         sock.mkdir(mode=0o700, parents=True, exist_ok=True)
+        sock.chmod(0o700)  # an existing directory keeps its mode otherwise (0777 stays 0777)
         self.socket_dir = sock
+        self._remove_stale_sockets()
         self._ids = itertools.count()
+
+    def _remove_stale_sockets(self) -> None:
+        """Remove the worker sockets a killed predecessor on this run dir left behind, so that no check of a new
+        worker can reach an old one still listening there (a stopped orphan); other files stay."""
+        for path in self.socket_dir.iterdir():
+            if _SOCKET_NAME.fullmatch(path.name) and stat.S_ISSOCK(path.lstat().st_mode):
+                path.unlink(missing_ok=True)
 
     def open(self) -> None:
         """Check the machine and start what the workers share; raises ``ShimError`` when it cannot serve."""
@@ -110,7 +124,7 @@ class Backend:
         """Launch a worker process for ``spec``; it is ready when ``health`` says so."""
         n = next(self._ids)
         name = f"{spec.app}.{spec.task}.{n}"
-        sock = str(self.socket_dir / f"w{n}.sock")
+        sock = str(self.socket_dir / f"w{n}.sock")  # _SOCKET_NAME
         log = self.log_dir / f"{name}.log"
         env = {**os.environ, **dict(spec.env)}
         cmd = [sys.executable, "-m", "jigsaw.serving_shim.worker", "--socket", sock, "--model", spec.model,
@@ -120,22 +134,31 @@ class Backend:
                                        cwd=PROJECT_ROOT, start_new_session=True)  # a terminal's Ctrl-C is the daemon's
         return WorkerHandle(name, spec, sock, process, log, time.monotonic())
 
-    def stop(self, handle: WorkerHandle) -> None:
-        """SIGTERM, then SIGKILL after ``STOP_GRACE_S``; blocks until the process is gone."""
-        if handle.process.poll() is None:
-            handle.process.send_signal(signal.SIGTERM)
-            try:
-                handle.process.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                handle.process.kill()
-                handle.process.wait()
+    def stop(self, handle: WorkerHandle, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM (with SIGCONT: a stopped process acts on nothing else), then SIGKILL after ``grace_s``; 0 kills
+        at once (a hung worker). Blocks until the process is gone."""
+        process = handle.process
+        if grace_s > 0 and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.send_signal(signal.SIGCONT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(grace_s)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
         Path(handle.socket).unlink(missing_ok=True)
 
-    def health(self, handle: WorkerHandle, timeout_s: float = 1.0) -> Health:
+    async def health(self, handle: WorkerHandle, timeout_s: float = 1.0) -> Health:
+        """Ask the worker on a connection of its own; not ready when no answer comes within ``timeout_s``. Raises
+        ``OSError`` (EMFILE, ENFILE) when this process cannot open the connection: the worker's health is unknown."""
         if handle.process.poll() is not None:
             return Health(False, False, {"exit_code": handle.process.returncode})
         try:
-            answer = ipc.request(handle.socket, {"op": "health", "id": 0}, timeout_s)
-        except (OSError, EOFError, ValueError) as e:
-            return Health(True, False, {"error": f"{type(e).__name__}: {e}"})
+            answer = await ipc.request(handle.socket, {"op": "health", "id": 0}, timeout_s)
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):  # we are out of descriptors: says nothing of the worker
+                raise
+            return Health(True, False, {"error": f"{type(e).__name__}: {e}" if str(e) else type(e).__name__})
+        except (EOFError, ValueError) as e:
+            return Health(True, False, {"error": f"{type(e).__name__}: {e}" if str(e) else type(e).__name__})
         return Health(True, bool(answer.get("ok")), answer)
