@@ -10,6 +10,7 @@ import numpy as np
 
 from jigsaw.env.candidates import FEATURE_SETS, Features, SolverOptions
 from jigsaw.profiles.catalog import Catalog
+from jigsaw.profiles.errors import SolverError
 from jigsaw.profiles.tables import ConfigKind
 from jigsaw.profiles.types import GpuType
 
@@ -53,7 +54,10 @@ def max_serviceable_demand(catalog: Catalog, gpu_type: str, apps: list[str], gpu
         plan that needs fewer levers stays feasible with more), where the bisection may start.
     :param on_check: called after each feasibility MILP (progress).
     """
-    check_request(opts, gpus, dict.fromkeys(apps, 0.0))
+    check_request(gpus, dict.fromkeys(apps, 0.0))
+    if not 0 < rel_tol < 1:  # 0 bisects forever; nan stops at once and reports 0
+        raise SolverError(f"tolerance {rel_tol:g} is out of range", field="--tolerance",
+                          fix="give a relative tolerance in (0, 1), e.g. 0.01")
     gpu = catalog.gpu(gpu_type)
     blocks, reason = prepare(catalog, gpu, dict.fromkeys(apps, 1.0), features, opts)
     if reason:

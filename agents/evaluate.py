@@ -41,7 +41,7 @@ from jigsaw.env.gym_env import EnvConfig, JigsawEnv
 from jigsaw.env.sim import simulate_trace
 from jigsaw.env.space import HISTORY
 from jigsaw.profiles.catalog import Catalog
-from jigsaw.profiles.errors import ensure_writable_dir
+from jigsaw.profiles.errors import ConfigError, ensure_writable_dir
 
 TAGS = ("eval/slices", "eval/violation_pct", "eval/accuracy", "eval/decision_ms")
 NO_PROPOSER = "no proposer"  # the verdict of a decision made without a proposal (agents.controller)
@@ -122,6 +122,10 @@ def evaluate_systems(catalog: Catalog, config: EnvConfig, systems: Mapping[str, 
     :param intervals: intervals evaluated per trace (default: all of its held-out part after HISTORY).
     :param progress: wraps the iteration over (segment, system) runs (e.g. ``tqdm``).
     """
+    if intervals is not None and intervals < 1:
+        raise ConfigError(f"{intervals} intervals", field="--intervals", fix="give at least 1 interval per trace")
+    if seed < 0:
+        raise ConfigError(f"seed {seed}", field="--seed", fix="give a whole number >= 0")
     env = JigsawEnv(replace(config, part="held_out", mode="sim"))
     cfg = env.config
     segments = [Segment(i, HISTORY, len(d) if intervals is None else min(len(d), HISTORY + intervals))

@@ -36,6 +36,9 @@ from jigsaw.profiles.errors import SolverError
 from jigsaw.profiles.tables import ConfigKind
 from jigsaw.profiles.types import App, GpuType, SegmentType
 
+# Bounds on a request: beyond them a number is a typo, and the model's arrays would overflow.
+MAX_GPUS = 100_000
+MAX_RATE_RPS = 1e9
 _CANCEL_GRACE_S = 1.0  # after cancelSolve, how long the interrupt callbacks get before we abandon the thread
 _STDOUT_LOCK = threading.Lock()
 
@@ -164,6 +167,7 @@ def _build(gpu: GpuType, blocks: list[AppBlock], gpus: int | None, opts: SolverO
     cost, upper = np.zeros(col), np.full(col, inf)
     upper[w:w + len(parts)] = gpu_cap
     rows = _Rows()
+    most_replicas = 0.0  # a bound on the GPUs a plan can cut: each cut GPU hosts at least one replica
     accuracy_scale = sum(-c.log_accuracy.min() for b in blocks for c in b.cands) + 1e-9
     for b, ys, ns in zip(blocks, y_cols, n_cols, strict=True):
         for c, y0, n0, (const, terms) in zip(b.cands, ys, ns, b.terms, strict=True):
@@ -174,6 +178,7 @@ def _build(gpu: GpuType, blocks: list[AppBlock], gpus: int | None, opts: SolverO
             peak = opts.headroom * b.rate_rps * (const + sum(coef.max() for _, coef in terms))
             big_m = np.minimum(np.ceil(peak / c.throughput_rps), workers_per_gpu[c.segment] * gpu_cap)
             upper[n] = big_m
+            most_replicas += float(big_m.max())
             # L y <= n <= M y. L, the fewest replicas any choice upstream leaves this config, is a valid cut
             # that lifts the LP bound from fractional replicas (root bound 14.7 -> 22 of an optimum of 22).
             fewest = opts.headroom * b.rate_rps * (const + sum(coef.min() for _, coef in terms))
@@ -218,9 +223,10 @@ def _build(gpu: GpuType, blocks: list[AppBlock], gpus: int | None, opts: SolverO
     for p, k_col in kept_cuts.items():
         rows.add(np.array([k_col, w + p]), np.array([1.0, -1.0]), -inf, 0)
         upper[k_col] = (current_cuts or {})[p]
-    if objective == "plan":
-        cost[w:w + len(parts)] = 1e-3 / (gpus or 1)
-        cost[list(kept_cuts.values())] = -1e-4 / (gpus or 1)
+    if objective == "plan":  # per GPU, so that the terms stay below one slice, yet above the MIP gap
+        cut_bound = max(1.0, min(gpu_cap, most_replicas))
+        cost[w:w + len(parts)] = 1e-3 / cut_bound
+        cost[list(kept_cuts.values())] = -1e-4 / cut_bound
     elif objective == "gpus":
         cost[w:w + len(parts)] = 1.0
     matrix = sparse.csc_matrix((np.concatenate(rows.v), (np.concatenate(rows.r), np.concatenate(rows.c))),
@@ -296,9 +302,6 @@ def prepare(catalog: Catalog, gpu: GpuType, demand: dict[str, float], features: 
         if not catalog.serves(gpu.name, name):
             raise SolverError(f"app '{name}' has tasks with no profile on {gpu.name}", field="--app",
                               fix=f"use an app of {', '.join(catalog.apps_for(gpu.name))} or another --gpu-type")
-        if not (math.isfinite(rate) and rate >= 0):
-            raise SolverError(f"rate {rate} for app '{name}' is not a finite number >= 0", field="--rps",
-                              fix="give req/s as non-negative numbers")
         keep = None
         if current is not None and name in current.apps:
             keep = {t: (c.variant, c.segment, c.mps_workers, c.batch) for t, c in current.apps[name].items()}
@@ -309,14 +312,15 @@ def prepare(catalog: Catalog, gpu: GpuType, demand: dict[str, float], features: 
     return blocks, ""
 
 
-def check_request(opts: SolverOptions, gpus: int, demand: dict[str, float]) -> None:
+def check_request(gpus: int, demand: dict[str, float]) -> None:
     if not demand:
         raise SolverError("no app given", field="--app", fix="name at least one app")
-    if gpus < 1:
-        raise SolverError(f"{gpus} GPUs", field="--gpus", fix="give at least 1 GPU")
-    if not (opts.time_limit_s > 0 and 0 <= opts.mip_gap < 1 and opts.headroom > 0 and opts.latency_allowance > 0):
-        raise SolverError("time limit, headroom and allowance must be > 0 and the gap in [0, 1)",
-                          field="solver options", fix="e.g. --time-limit 20 --gap 1e-4")
+    if not 1 <= gpus <= MAX_GPUS:
+        raise SolverError(f"{gpus} GPUs", field="--gpus", fix=f"give 1 to {MAX_GPUS:,} GPUs")
+    for name, rate in demand.items():
+        if not 0 <= rate <= MAX_RATE_RPS:
+            raise SolverError(f"rate {rate:g} for app '{name}' is not a number in [0, {MAX_RATE_RPS:g}]", field="--rps",
+                              fix="give req/s as non-negative numbers")
 
 
 def solve(catalog: Catalog, gpu_type: str, demand: dict[str, float], gpus: int, features: Features = Features(),
@@ -325,7 +329,7 @@ def solve(catalog: Catalog, gpu_type: str, demand: dict[str, float], gpus: int, 
 
     :param current: the plan in force; among equally cheap plans the one with fewer changes wins.
     """
-    check_request(opts, gpus, demand)
+    check_request(gpus, demand)
     gpu = catalog.gpu(gpu_type)
     start = time.perf_counter()
     blocks, reason = prepare(catalog, gpu, demand, features, opts, current)

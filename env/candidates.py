@@ -32,6 +32,8 @@ class Features:
     def parse(cls, text: str) -> Features:
         """``"A,S,T"``, ``"A+T"`` or ``"none"``."""
         letters = {p.strip().upper() for p in text.replace("+", ",").split(",") if p.strip()}
+        if not letters:
+            raise SolverError("no feature named", field="--features", fix="combine A, S and T, e.g. A,S,T, or 'none'")
         if letters == {"NONE"}:
             letters = set()
         if not letters <= {"A", "S", "T"}:
@@ -44,6 +46,10 @@ class Features:
         return "+".join(x for x, on in (("A", self.accuracy), ("S", self.spatial), ("T", self.budgeting)) if on) or "none"
 
 
+MAX_TIME_LIMIT_S = 86_400.0  # a day
+MAX_HEADROOM = 100.0
+
+
 @dataclass(frozen=True)
 class SolverOptions:
     headroom: float = 1.2  # capacity provisioned per unit of (forecast) demand: 1.1 left 4% of requests late at
@@ -51,6 +57,20 @@ class SolverOptions:
     latency_allowance: float = LATENCY_ALLOWANCE  # budget covers allowance x p95 (queueing slack)
     time_limit_s: float = 20.0  # hard wall-clock bound on one solve
     mip_gap: float = 1e-4  # relative gap at which HiGHS may stop
+
+    def __post_init__(self) -> None:
+        """Refuse values no solve can use: nan, <= 0, or beyond what is sane (a time limit of 1e10 s aborted the
+        process inside HiGHS's wait)."""
+        for name, flag, value, high in (("time limit", "--time-limit", self.time_limit_s, MAX_TIME_LIMIT_S),
+                                        ("headroom", "--headroom", self.headroom, MAX_HEADROOM),
+                                        ("latency allowance", "latency_allowance", self.latency_allowance,
+                                         MAX_HEADROOM)):
+            if not 0 < value <= high:  # also refuses nan
+                raise SolverError(f"{name} {value:g} is out of range", field=flag,
+                                  fix=f"give a number > 0 and <= {high:g}")
+        if not 0 <= self.mip_gap < 1:
+            raise SolverError(f"gap {self.mip_gap:g} is out of range", field="--gap",
+                              fix="give a number in [0, 1), e.g. 1e-4")
 
 
 @dataclass

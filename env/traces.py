@@ -25,10 +25,13 @@ from typing import Literal
 import numpy as np
 
 from jigsaw.profiles.catalog import DEFAULT_CATALOG
+from jigsaw.profiles.documents import read_text
 from jigsaw.profiles.errors import TraceError
 
 DEFAULT_TRACE_DIR = DEFAULT_CATALOG / "traces"
 H100_APPS = ("social_media", "traffic_analysis", "ar_assistant")
+MAX_BINS = 10_000_000  # a trace's time bins (115 days of 1-s bins): bounds a loader's memory
+MAX_ARRIVALS = 20_000_000  # requests drawn at once (~1 GB)
 HELD_OUT_FRACTION = 0.25  # the last quarter of every trace is held out for evaluation
 _FUNCTIONS_KEYS = ("HashOwner", "HashApp", "HashFunction", "Trigger")
 _TIMESTAMP = re.compile(r"^\s*(\d{4}-\d{2}-\d{2})[ T](\d{2}):(\d{2}):(\d{2}(?:\.\d+)?)\s*$")
@@ -118,8 +121,12 @@ class Trace:
     def scaled(self, time_scale: float = 1.0, rate_scale: float = 1.0) -> Trace:
         """Times and bin width multiplied by ``time_scale``, rates by ``rate_scale`` (both > 0)."""
         _check_scales(time_scale, rate_scale, self.source)
-        return Trace(self.times_s * time_scale, self.apps, self.rates_rps * rate_scale, self.bin_s * time_scale,
-                     self.source)
+        with np.errstate(over="ignore"):
+            times, rates = self.times_s * time_scale, self.rates_rps * rate_scale
+        if not (np.isfinite(rates).all() and np.isfinite(times).all() and self.bin_s * time_scale > 0):
+            raise TraceError(f"scaling by time {time_scale:g}, rate {rate_scale:g} leaves no finite trace",
+                             file=self.source or None, field="time_scale/rate_scale", fix="use scales nearer 1")
+        return Trace(times, self.apps, rates, self.bin_s * time_scale, self.source)
 
     def arrivals(self, rng: np.random.Generator, start_s: float | None = None,
                  end_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -132,6 +139,10 @@ class Trace:
         hi_s = self.end_s if end_s is None else float(end_s)
         lo = np.maximum(self.times_s, lo_s)
         length = np.clip(np.minimum(self.times_s + self.bin_s, hi_s) - lo, 0.0, None)  # [n_bins]
+        expected = float((self.rates_rps * length[:, None]).sum())
+        if not expected <= MAX_ARRIVALS:  # each arrival is held in memory
+            raise TraceError(f"{expected:.3g} arrivals expected in [{lo_s:g}, {hi_s:g}) s", file=self.source or None,
+                             field="rates", fix=f"draw at most {MAX_ARRIVALS:,}: a shorter window or lower rates")
         counts = rng.poisson(self.rates_rps * length[:, None])  # [n_bins, n_apps]
         flat = counts.ravel()
         cell = np.repeat(np.arange(flat.size), flat)
@@ -163,12 +174,7 @@ def _check_scales(time_scale: float, rate_scale: float, source: str) -> None:
 def _rows(path: Path, required: Sequence[str]) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
     """The header and an iterator of (line number, cells); checks the file exists, is not empty and has the
     ``required`` columns."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise TraceError(f"cannot read ({getattr(e, 'strerror', None) or type(e).__name__})", file=str(path),
-                         fix="check the path") from None
-    lines = text.splitlines()
+    lines = read_text(path, TraceError, "trace").splitlines()
     reader = csv.reader(lines)
     header = [h.strip() for h in next(reader, [])]
     if not any(header):
@@ -296,10 +302,14 @@ def load_azure_llm(path: str | Path, app: str, *, bin_s: float = 1.0, time_scale
                              field="TIMESTAMP", fix="sort the rows by TIMESTAMP")
         days.append(day)
         secs.append(sec)
+        last_line = line
     if not days:
         raise TraceError("no requests after the header", file=str(path), line=2, field="rows",
                          fix="add one row per request")
     rel = (np.array(days) - days[0]) * 86400.0 + (np.array(secs) - secs[0])
+    if rel[-1] / bin_s >= MAX_BINS:  # the bins are allocated: a typo'd year must not ask for terabytes
+        raise TraceError(f"spans {rel[-1]:.0f} s: more than {MAX_BINS:,} bins of {bin_s:g} s", file=str(path),
+                         line=last_line, field="TIMESTAMP", fix="check the last timestamps, or use a larger bin_s")
     counts = np.bincount(np.floor(rel / bin_s).astype(np.int64))
     times = np.arange(len(counts)) * float(bin_s)
     trace = Trace(times, (app,), (counts / bin_s)[:, None], float(bin_s), str(path))

@@ -7,38 +7,32 @@ path inside is relative to that file. Everything is checked at load, so later co
 from __future__ import annotations
 
 import csv
+import io
 import itertools
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from . import documents
 from .errors import CatalogError
 from .mig import enumerate_partitions
 from .tables import ColocationModel, ProfileRow, ProfileTable, RowKey, build_table, load_profile_csv
 from .types import App, GpuType, MigProfile, Task, Variant
 
 DEFAULT_CATALOG = Path(__file__).parent / "data"
+MAX_SLOTS = 16  # compute or memory slices of a GPU type
+MAX_MPS_WORKERS = 48  # clients one MPS server takes (Volta and later)
+MAX_FANOUT = 1000.0  # items an edge passes on per item (a detector's objects per frame)
 _JOINT_SEARCH_LIMIT = 100_000  # variant combinations checked jointly per app
 LATENCY_ALLOWANCE = 2.0  # a task's latency budget must cover 2 x its p95 (the paper's queueing allowance)
 
 
 def read_document(path: Path) -> Any:
-    """A YAML or JSON file (by suffix), as plain data."""
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise CatalogError(f"cannot read ({e.strerror})", file=str(path), fix="check the path") from None
-    try:
-        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CatalogError(f"not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({detail})",
-                           file=str(path), fix="fix the syntax") from None
+    """A YAML or JSON file of the catalog (by suffix), as plain data."""
+    return documents.read_document(path, CatalogError, "catalog file")
 
 
 def field_of(doc: Any, key: str, kind: type | tuple[type, ...], file: Path, where: str = "") -> Any:
@@ -54,12 +48,13 @@ def field_of(doc: Any, key: str, kind: type | tuple[type, ...], file: Path, wher
     return value
 
 
-def positive(value: Any, file: Path, name: str) -> float:
-    """A number > 0 (YAML may hand us a string, a list or null: say so instead of crashing)."""
+def positive(value: Any, file: Path, name: str, high: float = math.inf) -> float:
+    """A finite number > 0 and <= ``high`` (YAML may hand us a string, a list or null: say so instead of crashing)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise CatalogError(f"expected a number, got {value!r}", file=str(file), field=name, fix="give a number > 0")
-    if not math.isfinite(value) or value <= 0:
-        raise CatalogError(f"{value} must be > 0", file=str(file), field=name, fix="give a positive number")
+    if not (math.isfinite(value) and 0 < value <= high):
+        raise CatalogError(f"{value} is out of range", file=str(file), field=name,
+                           fix="give a positive number" + (f" <= {high:g}" if high < math.inf else ""))
     return float(value)
 
 
@@ -104,6 +99,10 @@ def _load_gpu(name: str, doc: Any, file: Path) -> tuple[GpuType, Path, Colocatio
     where = f"gpus.{name}"
     compute = int(field_of(doc, "compute_slices", int, file, where))
     slots = int(field_of(doc, "memory_slots", int, file, where))
+    for key, value in (("compute_slices", compute), ("memory_slots", slots)):
+        if not 1 <= value <= MAX_SLOTS:  # the partitions are enumerated: their number grows exponentially
+            raise CatalogError(f"{value} is out of range", file=str(file), field=f"{where}.{key}",
+                               fix=f"give 1..{MAX_SLOTS} (MIG GPUs have 7 compute and 8 memory slices)")
     profiles = []
     for i, p in enumerate(field_of(doc, "mig_profiles", list, file, where)):
         w = f"{where}.mig_profiles[{i}]"
@@ -112,6 +111,10 @@ def _load_gpu(name: str, doc: Any, file: Path) -> tuple[GpuType, Path, Colocatio
                              field_of(p, "sms", int, file, w),
                              positive(field_of(p, "memory_gib", (int, float), file, w), file, f"{w}.memory_gib"),
                              field_of(p, "width", int, file, w), starts)
+        if not (1 <= profile.compute_slices <= compute and 1 <= profile.width <= slots and profile.sms >= 1):
+            raise CatalogError(f"compute_slices {profile.compute_slices}, width {profile.width}, sms {profile.sms}",
+                               file=str(file), field=w, fix=f"compute_slices in 1..{compute}, width in 1..{slots}, "
+                               "sms >= 1")
         if not all(isinstance(s, int) and s >= 0 and s + profile.width <= slots for s in starts):
             raise CatalogError(f"a start slot lies outside the {slots} memory slots", file=str(file),
                                field=f"{w}.starts", fix=f"starts must be in 0..{slots - profile.width}")
@@ -120,8 +123,8 @@ def _load_gpu(name: str, doc: Any, file: Path) -> tuple[GpuType, Path, Colocatio
         raise CatalogError("no MIG profile spans the whole GPU", file=str(file), field=f"{where}.mig_profiles",
                            fix=f"add the {compute}g profile (the only segment when S is off)")
     workers = tuple(field_of(doc, "mps_workers", list, file, where))
-    if 1 not in workers or not all(isinstance(m, int) and m >= 1 for m in workers):
-        raise CatalogError("must be whole numbers >= 1 and include 1", file=str(file),
+    if 1 not in workers or not all(isinstance(m, int) and 1 <= m <= MAX_MPS_WORKERS for m in workers):
+        raise CatalogError(f"must be whole numbers in 1..{MAX_MPS_WORKERS} and include 1", file=str(file),
                            field=f"{where}.mps_workers", fix="e.g. [1, 2, 4]")
     coloc = field_of(doc, "colocation", dict, file, where)
     measured = bool(field_of(coloc, "measured", bool, file, f"{where}.colocation"))
@@ -138,12 +141,11 @@ def _load_gpu(name: str, doc: Any, file: Path) -> tuple[GpuType, Path, Colocatio
 def _load_metrics(path: Path) -> dict[str, float]:
     """Published quality per model (``model,metric_value``; blank = not published)."""
     try:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            if not {"model", "metric_value"} <= set(reader.fieldnames or []):
-                raise KeyError("model/metric_value columns")
-            return {r["model"]: float(r["metric_value"]) for r in reader if r.get("metric_value")}
-    except (OSError, KeyError, ValueError) as e:
+        reader = csv.DictReader(io.StringIO(documents.read_text(path, CatalogError, "model metrics CSV"), newline=""))
+        if not {"model", "metric_value"} <= set(reader.fieldnames or []):
+            raise KeyError("model/metric_value columns")
+        return {r["model"]: float(r["metric_value"]) for r in reader if r.get("metric_value")}
+    except (KeyError, ValueError) as e:
         raise CatalogError(f"cannot read model metrics ({e})", file=str(path), field="model,metric_value",
                            fix="a CSV with columns model and metric_value") from None
 
@@ -198,9 +200,9 @@ def load_app(path: Path, metrics: dict[str, float]) -> App:
             if set(f) != ladder:
                 raise CatalogError(f"per-variant fan-out must name exactly the variants of '{u}'", file=str(path),
                                    field=f"{where}.fanout", fix=f"give a factor for each of {', '.join(sorted(ladder))}")
-            f = {k: positive(x, path, f"{where}.fanout.{k}") for k, x in f.items()}
+            f = {k: positive(x, path, f"{where}.fanout.{k}", MAX_FANOUT) for k, x in f.items()}
         else:
-            f = positive(f, path, f"{where}.fanout")
+            f = positive(f, path, f"{where}.fanout", MAX_FANOUT)
         edges[(u, v)] = f
     app = App(name, tuple(tasks), edges, latency, float(accuracy), str(path))
     if len(app.topological_order) != len(tasks):

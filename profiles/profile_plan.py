@@ -50,6 +50,13 @@ class ProfileSettings:
     min_iters: int = 20
     seconds: float = 0.3  # timing window per configuration
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_iters <= 1_000_000:
+            raise ProfilerError(f"{self.min_iters} repetitions", field="--min-iters", fix="give 1..1000000, e.g. 20")
+        if not 0 < self.seconds <= 3600:  # also refuses nan
+            raise ProfilerError(f"{self.seconds} s per configuration", field="--time-per-config",
+                                fix="give a number of seconds in (0, 3600], e.g. 0.3")
+
 
 
 # --------------------------------------------------------------------------------------------------

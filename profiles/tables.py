@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import math
 from dataclasses import dataclass
 from enum import IntEnum
@@ -25,9 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .documents import read_text
 from .errors import CatalogError
 from .types import GpuType, SegmentType, Task
 
+MAX_BATCH = 4096  # items per batch: a worker allocates its inputs
 REQUIRED_COLUMNS = ("task_family", "model", "sm_count", "batch", "p50_ms", "p95_ms", "p99_ms",
                     "throughput_rps")
 
@@ -104,39 +107,34 @@ def _number(text: str | None, where: str, field: str, *, blank_ok: bool = False)
 def load_profile_csv(path: Path) -> dict[RowKey, ProfileRow]:
     """Read a profile CSV (the schema of ``profiles/data/h100/profiles.csv``; extra columns ignored)."""
     rows: dict[RowKey, ProfileRow] = {}
-    try:
-        handle = path.open(newline="")
-    except OSError as e:
-        raise CatalogError(f"cannot read profile table ({e.strerror})", file=str(path),
-                           fix="check the 'profiles' path in the catalog") from None
-    with handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise CatalogError(f"missing column(s) {', '.join(missing)}", file=str(path), field="header",
-                               fix=f"the header must include {', '.join(REQUIRED_COLUMNS)}")
-        for line, rec in enumerate(reader, start=2):
-            where = f"{path}:{line}"
-            sm = _number(rec["sm_count"], where, "sm_count")
-            batch = _number(rec["batch"], where, "batch")
-            workers = _number(rec.get("mps_workers") or "1", where, "mps_workers")
-            if sm < 1 or batch < 1 or workers < 1 or not all(x.is_integer() for x in (sm, batch, workers)):
-                raise CatalogError("sm_count, batch and mps_workers must be whole numbers >= 1",
-                                   file=where, field="sm_count/batch/mps_workers", fix="correct the row")
-            row = ProfileRow(*(_number(rec[c], where, c) for c in
-                               ("p50_ms", "p95_ms", "p99_ms", "throughput_rps")),
-                             _number(rec.get("peak_mem_mib") or "", where, "peak_mem_mib", blank_ok=True))
-            if row.p50_ms <= 0 or row.throughput_rps <= 0:
-                raise CatalogError("latency and throughput must be > 0", file=where, field="p50_ms/throughput_rps",
-                                   fix="drop rows that were not measured")
-            if not row.p50_ms <= row.p95_ms <= row.p99_ms:
-                raise CatalogError(f"percentiles decrease (p50 {row.p50_ms}, p95 {row.p95_ms}, p99 {row.p99_ms})",
-                                   file=where, field="p95_ms", fix="p50 <= p95 <= p99")
-            key = (rec["task_family"], rec["model"], int(sm), int(workers), int(batch))
-            if key in rows:
-                raise CatalogError(f"duplicate row for {key[1]} at {key[2]} SMs, {key[3]} worker(s), batch {key[4]}",
-                                   file=where, field="model", fix="keep one measurement per configuration")
-            rows[key] = row
+    reader = csv.DictReader(io.StringIO(read_text(path, CatalogError, "profile table"), newline=""))
+    missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise CatalogError(f"missing column(s) {', '.join(missing)}", file=str(path), field="header",
+                           fix=f"the header must include {', '.join(REQUIRED_COLUMNS)}")
+    for line, rec in enumerate(reader, start=2):
+        where = f"{path}:{line}"
+        sm = _number(rec["sm_count"], where, "sm_count")
+        batch = _number(rec["batch"], where, "batch")
+        workers = _number(rec.get("mps_workers") or "1", where, "mps_workers")
+        whole = all(x.is_integer() for x in (sm, batch, workers))
+        if not (whole and sm >= 1 and workers >= 1 and 1 <= batch <= MAX_BATCH):
+            raise CatalogError(f"sm_count, batch and mps_workers must be whole numbers >= 1 (batch <= {MAX_BATCH})",
+                               file=where, field="sm_count/batch/mps_workers", fix="correct the row")
+        row = ProfileRow(*(_number(rec[c], where, c) for c in
+                           ("p50_ms", "p95_ms", "p99_ms", "throughput_rps")),
+                         _number(rec.get("peak_mem_mib") or "", where, "peak_mem_mib", blank_ok=True))
+        if row.p50_ms <= 0 or row.throughput_rps <= 0:
+            raise CatalogError("latency and throughput must be > 0", file=where, field="p50_ms/throughput_rps",
+                               fix="drop rows that were not measured")
+        if not row.p50_ms <= row.p95_ms <= row.p99_ms:
+            raise CatalogError(f"percentiles decrease (p50 {row.p50_ms}, p95 {row.p95_ms}, p99 {row.p99_ms})",
+                               file=where, field="p95_ms", fix="p50 <= p95 <= p99")
+        key = (rec["task_family"], rec["model"], int(sm), int(workers), int(batch))
+        if key in rows:
+            raise CatalogError(f"duplicate row for {key[1]} at {key[2]} SMs, {key[3]} worker(s), batch {key[4]}",
+                               file=where, field="model", fix="keep one measurement per configuration")
+        rows[key] = row
     if not rows:
         raise CatalogError("profile table has no rows", file=str(path), fix="add measured rows")
     return rows

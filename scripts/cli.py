@@ -19,7 +19,7 @@ from jigsaw.agents.ilp import SolveResult, solve
 from jigsaw.env.candidates import Features, SolverOptions
 from jigsaw.env.traces import Trace, load_trace
 from jigsaw.profiles.catalog import Catalog, load_catalog
-from jigsaw.profiles.errors import JigsawError, SolverError, ensure_writable_dir
+from jigsaw.profiles.errors import JigsawError, OutputError, SolverError, ensure_writable_dir
 from jigsaw.profiles.profile_plan import ProfileSettings, parse_colocation, parse_positive_ints, parse_shares
 from jigsaw.profiles.profiler import run_profile
 
@@ -69,6 +69,7 @@ def solve_document(result: SolveResult, catalog: Catalog) -> dict[str, Any]:
     if result.plan is not None:
         doc["gpus"] = [{"partition": list(g.partition), "workers": [list(w) for w in g.workers]}
                        for g in result.plan.gpus]
+        doc["plan"] = result.plan.to_dict()  # what `jigsaw daemon --plan` reads
     return doc
 
 
@@ -158,11 +159,24 @@ def plot_trace(trace: Trace, path: str) -> None:
     ax.set_title(trace.source)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=100)
+    except (OSError, ValueError) as e:  # ValueError: a suffix matplotlib cannot write
+        raise OutputError(f"cannot write the plot ({e})", file=path, field="--plot",
+                          fix="give a .png path in an existing, writable directory") from None
+    finally:
+        plt.close(fig)
 
 
 def cmd_trace_show(args: argparse.Namespace) -> int:
+    if args.plot:  # say so before the work, not after it
+        plot = Path(args.plot)
+        if plot.suffix.lower() not in (".png", ".svg", ".pdf") or plot.is_dir():
+            raise OutputError("not a .png, .svg or .pdf file name", file=args.plot, field="--plot",
+                              fix="e.g. --plot rates.png")
+        if not plot.parent.is_dir():
+            raise OutputError("no such directory", file=str(plot.parent), field="--plot",
+                              fix="create it, or give a path in an existing directory")
     trace = load_trace(args.file, time_scale=args.time_scale, rate_scale=args.rate_scale)
     train, held_out = trace.split()
     print(f"{trace.source}: {len(trace.times_s)} bins of {trace.bin_s:g} s = {trace.duration_s:g} s; "
@@ -196,25 +210,32 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from jigsaw.serving_shim.daemon import DaemonConfig, serve
+    import os
 
+    from jigsaw.serving_shim.daemon import DaemonConfig, serve
+    from jigsaw.serving_shim.http import AUTH_TOKEN_ENV
+
+    token = args.auth_token if args.auth_token is not None else os.environ.get(AUTH_TOKEN_ENV) or None
     return serve(DaemonConfig(
         backend=args.backend, apps=tuple(_split(args.app, "app")), run_dir=Path(args.run_dir), host=args.host,
         port=args.port, interval_s=args.interval, min_rps=args.min_rps, catalog=args.catalog, gpu_type=args.gpu_type,
         gpus=args.gpus, policy=args.policy, plan_file=args.plan, max_workers=args.max_workers, model=args.model,
-        solver=SolverOptions(headroom=args.headroom, time_limit_s=args.time_limit)))
+        solver=SolverOptions(headroom=args.headroom, time_limit_s=args.time_limit),
+        max_connections=args.max_connections, auth_token=token, insecure=args.insecure))
 
 
 def cmd_loadgen(args: argparse.Namespace) -> int:
     import asyncio
 
+    from jigsaw.serving_shim.http import Client
     from jigsaw.serving_shim.loadgen import replay, trace_arrivals
 
+    Client(args.url)  # a malformed URL is refused before anything else is said
     trace = load_trace(args.trace, time_scale=args.time_scale, rate_scale=args.rate_scale)
     times, apps = trace_arrivals(trace, args.duration, args.seed)
-    print(f"replaying {len(times)} requests over {times[-1] if len(times) else 0:.1f} s against {args.url}",
-          file=sys.stderr)
-    s = asyncio.run(replay(args.url, times, apps, trace.apps, timeout_s=args.timeout)).summary()
+    s = asyncio.run(replay(args.url, times, apps, trace.apps, timeout_s=args.timeout, on_start=lambda: print(
+        f"replaying {len(times)} requests over {times[-1] if len(times) else 0:.1f} s against {args.url}",
+        file=sys.stderr))).summary()
     if args.json:
         print(json.dumps(s))
     else:
@@ -229,8 +250,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     settings = TrainSettings.from_yaml(args.hyperparams or DEFAULT_HYPERPARAMS)
     overrides = {k: v for k, v in (("n_timesteps", args.timesteps), ("n_envs", args.n_envs)) if v is not None}
-    env = {**settings.env_kwargs, **({"gpus": args.gpus} if args.gpus else {}),
-           **({"traces": args.trace} if args.trace else {})}
+    env = {**settings.env_kwargs, **({"gpus": args.gpus} if args.gpus is not None else {}),
+           **({"traces": args.trace} if args.trace is not None else {})}
     settings = replace(settings, **overrides, env_kwargs=env)
     try:
         summary = train(settings, Path(args.out), catalog_path=args.catalog, seed=args.seed,
@@ -242,6 +263,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(json.dumps(summary))
     if args.logdir:
         print(f"tensorboard --logdir {args.logdir}")
+    return 0
+
+
+def cmd_export_policy(args: argparse.Namespace) -> int:
+    from jigsaw.agents.ppo import export_policy
+
+    print(json.dumps(export_policy(Path(args.checkpoint), Path(args.out),
+                                   Path(args.settings) if args.settings else None)))
     return 0
 
 
@@ -323,8 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_trace_show)
 
     p = verbs.add_parser("train", help="train the MaskablePPO policy on JigsawServe-v0")
-    p.add_argument("--out", default="runs/policy.zip", help="policy .zip to write, a .json sidecar beside it "
-                   "(default %(default)s; the shipped one is agents/policies/default.zip)")
+    p.add_argument("--out", default="runs/policy.npz", help="policy to write: NAME.npz (the actor's weights), NAME.json "
+                   "(its settings) beside it, SB3's model and checkpoints in NAME_run/ (default %(default)s; the "
+                   "shipped one is agents/policies/default.npz)")
     p.add_argument("--hyperparams", default=None, help="rl-zoo3-style YAML (default: agents/hyperparams/maskable_ppo.yml)")
     p.add_argument("--timesteps", type=int, default=None, help="override n_timesteps")
     p.add_argument("--n-envs", type=int, default=None, help="override n_envs (subprocesses when > 1)")
@@ -332,13 +362,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", default=None, help="trace file(s), comma-separated (default: the shipped 3-app traces)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--logdir", default="runs/train", help="TensorBoard log directory (default %(default)s)")
-    p.add_argument("--resume", default=None, help="continue from a checkpoint .zip")
+    p.add_argument("--resume", default=None, help="continue from an SB3 checkpoint .zip (NAME_run/model.zip or one in "
+                   "NAME_run/checkpoints/); TRUSTED input only: loading it unpickles it, which can run code")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--catalog", default=None, help="catalog directory or file (default: the built-in one)")
     p.set_defaults(run=cmd_train)
 
     p = verbs.add_parser("evaluate", help="policy vs ILP vs baselines on the held-out traces (sim mode)")
-    p.add_argument("--policy", default=None, help="trained policy .zip (default: none; the policy systems are skipped)")
+    p.add_argument("--policy", default=None, help="trained policy .npz, its .json beside it (default: none; the policy "
+                   "systems are skipped)")
     p.add_argument("--trace", default=None, help="trace file(s), comma-separated (default: the policy's, else the "
                    "shipped 3-app traces); each is evaluated on its held-out last quarter")
     p.add_argument("--app", default=None, help="app name(s), comma-separated (default: the policy's, else the 3 H100 apps)")
@@ -356,6 +388,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", default=None, help="catalog directory or file (default: the built-in one)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(run=cmd_evaluate)
+
+    p = verbs.add_parser("export-policy", help="SB3 checkpoint .zip -> deployable policy .npz + .json (TRUSTED input)",
+                         description="Write the deployable policy (the actor's weights, plain data) of an SB3 "
+                         "checkpoint. TRUSTED INPUT ONLY: loading the checkpoint unpickles it, which runs any code it "
+                         "holds; convert only files you trust. The policy it writes loads without running anything.")
+    p.add_argument("checkpoint", help="MaskablePPO .zip: NAME_run/model.zip or one in NAME_run/checkpoints/ from "
+                   "`jigsaw train`, or a policy .zip of before the .npz format")
+    p.add_argument("--settings", default=None, help="the policy's settings .json (default: the .json beside the "
+                   "checkpoint, or NAME.json for one in NAME_run/)")
+    p.add_argument("--out", required=True, help="policy .npz to write, its .json beside it")
+    p.set_defaults(run=cmd_export_policy)
 
     p = verbs.add_parser("profile", help="measure a profile table on this GPU (or CPU)")
     p.add_argument("--family", required=True, help="task family, e.g. classification")
@@ -375,9 +418,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("daemon", help="serve apps: the controller loop against live traffic (Ctrl-C/SIGTERM stops)")
     p.add_argument("--backend", choices=("cpu", "mps", "mig"), default="cpu", help="where workers run (default cpu)")
     p.add_argument("--app", required=True, help="app name(s), comma-separated")
-    p.add_argument("--policy", default=None, help="trained policy proposing plans (default: the ILP decides)")
-    p.add_argument("--plan", default=None, help="plan JSON to start with (default: the run dir's, else the controller's)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--policy", default=None, help="trained policy .npz proposing plans, its .json beside it (default: "
+                   "the ILP decides)")
+    p.add_argument("--plan", default=None, help="plan JSON to start with, e.g. `jigsaw solve --json` output (default: "
+                   "the run dir's, else the controller's)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s); beyond "
+                   "loopback a token is required, or --insecure")
+    p.add_argument("--auth-token", default=None, help="require 'Authorization: Bearer TOKEN' on every endpoint "
+                   "(default: $JIGSAW_AUTH_TOKEN, which keeps it out of `ps`; 16+ visible ASCII characters)")
+    p.add_argument("--insecure", action="store_true", help="listen beyond loopback without a token (an "
+                   "authenticating proxy in front)")
+    p.add_argument("--max-connections", type=int, default=None, help="open HTTP connections at most; at the cap a "
+                   "new one closes the one idle longest, or waits (default: half the file limit, at most 1024)")
     p.add_argument("--port", type=int, default=8080, help="port (default %(default)s; 0 = any free port)")
     p.add_argument("--run-dir", default="jigsaw-run", help="plan, logs, sockets, TensorBoard (default ./%(default)s)")
     p.add_argument("--interval", type=float, default=30.0, help="control interval, seconds (default %(default)s)")

@@ -9,15 +9,26 @@ every ``interval_s``: measure each app's arrival rate at the router over the int
 ``PEAK_WINDOW_S`` window, ask the controller for a plan (in a thread: the ILP may take its time limit), and
 reconcile when the plan changed. A decision that raises is logged and the current plan stays. Every applied
 plan is persisted (``plan.json``, atomically); every decision is logged to TensorBoard (``tensorboard/``) and
-kept for ``/status``. ``/metrics`` serves Prometheus text. SIGTERM or SIGINT: stop accepting, answer what is
-pending, drain and stop every worker, stop the backend's daemons.
+kept for ``/status``. ``/metrics`` serves Prometheus text, ``/healthz`` answers while the process lives,
+``/ready`` only while a plan serves. The loop survives the failures of its own side effects (TensorBoard,
+persisting, reconciling): each is logged (rate-limited), counted in ``/status`` and ``/metrics``, and the loop
+goes on. SIGTERM or SIGINT: stop accepting, answer what is pending, drain and stop every worker, stop the
+backend's daemons.
+
+Exposure: beyond loopback the daemon refuses to start without a bearer token (``--auth-token`` or
+``$JIGSAW_AUTH_TOKEN``, then checked on every endpoint) unless ``--insecure`` says a proxy in front
+authenticates. The run directory is created 0700, ``plan.json`` is written 0600, and ``jigsaw daemon`` runs
+under umask 077 (logs, TensorBoard files, sockets), whatever the user's umask.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import math
+import os
 import signal
 import time
 from collections import Counter, deque
@@ -31,10 +42,12 @@ from jigsaw.env.candidates import SolverOptions
 from jigsaw.env.perf import compile_plan
 from jigsaw.env.plan import Plan
 from jigsaw.profiles.catalog import Catalog, load_catalog
-from jigsaw.profiles.errors import PlanError, ShimError
+from jigsaw.profiles.errors import PlanError, ShimError, ensure_writable_dir
 from jigsaw.serving_shim import metrics
+from jigsaw.serving_shim.access import authorized, check_exposure, private_dir, write_private
 from jigsaw.serving_shim.backends import make_backend
-from jigsaw.serving_shim.http import Request, Response, Server
+from jigsaw.serving_shim.errorlog import ErrorLog
+from jigsaw.serving_shim.http import Request, Response, Server, default_max_connections
 from jigsaw.serving_shim.reconciler import Reconciler
 from jigsaw.serving_shim.router import ANSWER_GRACE_S, STATUSES, Router
 
@@ -43,6 +56,7 @@ log = logging.getLogger("jigsaw.daemon")
 PLAN_FILE = "plan.json"
 PEAK_WINDOW_S = 10.0  # the windows an interval's busiest rate is measured over (the shipped traces' finest bins)
 _KEPT_DECISIONS = 50
+_LOOP_ERRORS = ("control", "persist", "tensorboard")  # kinds of the control loop's survived errors
 
 
 @dataclass(frozen=True)
@@ -62,12 +76,15 @@ class DaemonConfig:
     max_workers: int | None = None  # cpu backend
     model: str | None = None  # cpu backend: one stand-in for every worker (e.g. "noop")
     solver: SolverOptions = field(default_factory=lambda: SolverOptions(time_limit_s=10.0))
+    max_connections: int | None = None  # open HTTP connections at once (default: from the file limit)
+    auth_token: str | None = None  # when set, every request needs "Authorization: Bearer <token>"
+    insecure: bool = False  # beyond loopback without a token: a proxy in front authenticates
 
 
 def load_policy(cfg: DaemonConfig, catalog: Catalog) -> tuple[Proposer, str]:
     """The trained policy of ``cfg.policy`` as the controller's proposer, with its version; refused (one line)
     when it was trained for other apps or another cluster than the daemon serves."""
-    from jigsaw.agents.ppo import load_policy as load  # torch and SB3 only when a policy is asked for
+    from jigsaw.agents.ppo import load_policy as load  # reads plain data (.npz + .json): never unpickles
 
     policy = load(cfg.policy, catalog)
     policy.check_serves(cfg.apps, cfg.gpus, cfg.gpu_type, cfg.policy)
@@ -87,20 +104,40 @@ class Daemon:
             if not self.catalog.serves(self.gpu.name, name):
                 raise ShimError(f"app '{name}' has no profile on {self.gpu.name}", field="--app",
                                 fix=f"use one of {', '.join(self.catalog.apps_for(self.gpu.name))}")
+        if cfg.model is not None:
+            known = {"noop"} | {x for a in cfg.apps for t in self.catalog.app(a).tasks
+                                for x in (t.family, *(v.name for v in t.variants))}
+            if cfg.model not in known:
+                raise ShimError(f"no stand-in model '{cfg.model}'", field="--model",
+                                fix="use noop, or a task family or variant of the apps served, e.g. resnet50")
+        if not 0 <= cfg.port <= 65535:
+            raise ShimError(f"port {cfg.port}", field="--port", fix="give a port in 0..65535 (0: any free port)")
         if not (cfg.interval_s > 0 and cfg.min_rps >= 0 and cfg.gpus >= 1):
             raise ShimError(f"interval {cfg.interval_s} s, min rate {cfg.min_rps} req/s, {cfg.gpus} GPUs",
                             field="--interval/--min-rps/--gpus", fix="interval > 0, min rate >= 0, GPUs >= 1")
+        check_exposure(cfg.host, cfg.auth_token, cfg.insecure)
+        max_connections = cfg.max_connections if cfg.max_connections is not None else default_max_connections()
+        if max_connections < 1:
+            raise ShimError(f"{max_connections} connections", field="--max-connections", fix="give 1 or more")
         proposer, version = load_policy(cfg, self.catalog) if cfg.policy else (None, "")
         self.controller = Controller(self.catalog, self.gpu.name, list(cfg.apps), cfg.gpus, proposer=proposer,
                                      policy_version=version, opts=cfg.solver)
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        existed = cfg.run_dir.is_dir()
+        ensure_writable_dir(cfg.run_dir, "--run-dir")
+        if not existed:
+            os.chmod(cfg.run_dir, 0o700)  # plan, logs, TensorBoard: this user's only
+        elif cfg.run_dir.stat().st_mode & 0o077:  # not ours to narrow (it may be ".")
+            log.warning("run dir %s is open to other users; its files are 0600, its subdirectories 0700",
+                        cfg.run_dir)
         self.plan_path = cfg.run_dir / PLAN_FILE
         self.first_plan, self.plan_source = self._first_plan()
         self.controller.current = self.first_plan
         self.backend = make_backend(cfg.backend, cfg.run_dir, max_workers=cfg.max_workers, model=cfg.model)
         self.router = Router(self.catalog, list(cfg.apps))
         self.reconciler = Reconciler(self.backend, self.router, self.gpu)
-        self.server = Server(self.handle)
+        private_dir(self.backend.log_dir)
+        self.server = Server(self.handle, max_connections=max_connections)
+        self.errors = ErrorLog(log)  # the control loop's survived errors, by kind (_LOOP_ERRORS)
         self.plan: Plan | None = None
         self.slices_used = 0.0
         self.decisions: deque[dict[str, Any]] = deque(maxlen=_KEPT_DECISIONS)
@@ -133,6 +170,10 @@ class Daemon:
         if set(compiled.app_names) != set(self.cfg.apps):
             raise PlanError(f"plan serves {sorted(compiled.app_names)}, the daemon serves {sorted(self.cfg.apps)}",
                             file=source, field="apps", fix=fix)
+        mismatch = plan.layout_mismatch()
+        if mismatch:
+            raise PlanError(mismatch, file=source, field="gpus",
+                            fix="list each replica once, as app/task, in an instance of its segment")
         if len(plan.gpus) > self.cfg.gpus:
             raise PlanError(f"plan uses {len(plan.gpus)} GPUs, the daemon has {self.cfg.gpus}", file=source,
                             field="gpus", fix="raise --gpus or use a smaller plan")
@@ -150,9 +191,6 @@ class Daemon:
             self.backend.close()
             raise
         self.url = f"http://{self.cfg.host}:{port}"
-        from tensorboard.summary import Writer  # the package's own writer: no torch in the daemon
-
-        self._writer = Writer(str(self.cfg.run_dir / "tensorboard"))
         supervisor = loop.create_task(self.reconciler.supervise())
         try:
             if self.first_plan is not None:
@@ -196,7 +234,10 @@ class Daemon:
             self.rates_rps = {a: (counts[a] - last[a]) / span_s for a in counts}
             last_s, last = now, counts
             busiest, peak = peak, dict.fromkeys(counts, 0.0)
-            await self._decide({a: max(r, self.cfg.min_rps) for a, r in self.rates_rps.items()}, busiest)
+            try:
+                await self._decide({a: max(r, self.cfg.min_rps) for a, r in self.rates_rps.items()}, busiest)
+            except Exception as e:  # reconciling, or a bug: the current plan stays, the loop goes on
+                self.errors.record("control", e, "the control loop's step")
 
     async def _decide(self, demand: dict[str, float], peak: dict[str, float] | None = None) -> None:
         try:
@@ -214,7 +255,10 @@ class Daemon:
         await self.reconciler.apply(plan)
         self.plan = plan
         self.slices_used = compile_plan(self.catalog, plan).slices_used
-        plan.to_json(self.plan_path)
+        try:
+            write_private(self.plan_path, json.dumps(plan.to_dict(), indent=1))
+        except Exception as e:  # the plan serves; only a restart would miss it
+            self.errors.record("persist", e, f"persisting the plan to {self.plan_path}")
 
     def _record(self, demand: dict[str, float], d: Decision | None, error: str) -> None:
         source = d.source if d is not None else "error"
@@ -228,7 +272,19 @@ class Daemon:
             entry["error"] = error
         self.decisions.append(entry)
         log.info("decision %d: %s %s", sum(self.sources.values()), source, d.ilp_status if d else error)
-        step = sum(self.sources.values())
+        try:
+            self._scalars(demand, d, source, sum(self.sources.values()))
+        except Exception as e:  # e.g. EMFILE, a full disk: the decision stands, only its curve has a gap
+            self.errors.record("tensorboard", e, "writing TensorBoard scalars")
+            with contextlib.suppress(Exception):
+                self._writer.close()
+            self._writer = None  # its thread died with the error and fails every later write: a new one next time
+
+    def _scalars(self, demand: dict[str, float], d: Decision | None, source: str, step: int) -> None:
+        if self._writer is None:
+            from tensorboard.summary import Writer  # the package's own writer: no torch in the daemon
+
+            self._writer = Writer(str(private_dir(self.cfg.run_dir / "tensorboard")))
         w = self._writer
         for app, rps in demand.items():
             w.add_scalar(f"demand/{app}_rps", rps, step)
@@ -257,21 +313,35 @@ class Daemon:
         await self.reconciler.shutdown()
         await asyncio.to_thread(self.backend.close)
         if self._writer is not None:
-            self._writer.close()
+            try:
+                self._writer.close()
+            except Exception as e:
+                self.errors.record("tensorboard", e, "closing the TensorBoard writer")
         log.info("stopped")
 
     # ---------------------------------------------------------------------------------------------- endpoints
 
     async def handle(self, request: Request) -> Response:
+        if not authorized(request, self.cfg.auth_token):
+            return Response(401, Response.error(401, "send Authorization: Bearer <token>").body,
+                            headers=(("WWW-Authenticate", 'Bearer realm="jigsaw"'),))
         path = request.path.split("?", 1)[0]
-        if path in ("/metrics", "/status", "/healthz"):
+        if path in ("/metrics", "/status", "/healthz", "/ready"):
             if request.method != "GET":
                 return Response.error(405, "use GET")
             if path == "/metrics":
                 return Response(200, self.metrics_text().encode(), "text/plain; version=0.0.4")
+            if path == "/ready":
+                return Response.json(200, {"ready": True}) if self.ready() else Response.json(503, {"ready": False})
             return Response.json(200, self.status() if path == "/status" else {"ok": True})
         answer = await self.router.handle(request)
         return answer if answer is not None else Response.error(404, f"no endpoint {path}")
+
+    def ready(self) -> bool:
+        """A plan serves: applied, every task with a worker to take its batches, and the daemon not shutting
+        down (``/ready``; ``/healthz`` is liveness)."""
+        return (self.plan is not None and self.router.accepting and set(self.cfg.apps) <= self.router.configured
+                and all(any(not r.draining and not r.closed for r in tq.replicas) for tq in self.router.queues.values()))
 
     def status(self) -> dict[str, Any]:
         return {"backend": self.backend.name, "apps": list(self.cfg.apps), "url": self.url,
@@ -279,9 +349,13 @@ class Daemon:
                 "plan": self.plan.to_dict() if self.plan is not None else None, "slices_used": self.slices_used,
                 "rates_rps": self.rates_rps, "workers": self.reconciler.status(),
                 "worker_restarts": self.reconciler.restarts,
+                "worker_restarts_by_cause": dict(self.reconciler.restarts_by_cause),
                 "placement_notes": list(self.reconciler.notes), "devices": self.backend.devices(),
                 "decision_sources": dict(self.sources), "decisions": list(self.decisions)[-10:],
-                "answers": {a: dict(s.answers) for a, s in self.router.stats.items()}}
+                "answers": {a: dict(s.answers) for a, s in self.router.stats.items()}, "ready": self.ready(),
+                "loop_errors": {k: self.errors.counts[k] for k in _LOOP_ERRORS},
+                "http": {"connections": len(self.server.connections), "max_connections": self.server.max_connections,
+                         "errors": dict(self.server.errors.counts)}}
 
     def metrics_text(self) -> str:
         lab = metrics.labels
@@ -308,8 +382,18 @@ class Daemon:
                                 {lab(source=s): self.sources[s] for s in ("policy", "ilp", "hold", "error")})
         lines += metrics.family("jigsaw_workers", "gauge", "Worker processes by state.",
                                 {lab(state=st): n for st, n in Counter(w.state for w in self.reconciler.workers).items()})
-        lines += metrics.family("jigsaw_worker_restarts_total", "counter", "Workers restarted after dying.",
-                                {"": self.reconciler.restarts})
+        lines += metrics.family("jigsaw_worker_restarts_total", "counter", "Workers replaced, by cause: died or hung.",
+                                {lab(cause=c): n for c, n in self.reconciler.restarts_by_cause.items()})
+        lines += metrics.family("jigsaw_loop_errors_total", "counter",
+                                "Errors the control loop survived, by kind (control, persist, tensorboard).",
+                                {lab(kind=k): self.errors.counts[k] for k in _LOOP_ERRORS})
+        lines += metrics.family("jigsaw_http_connections", "gauge", "Open HTTP connections.",
+                                {"": len(self.server.connections)})
+        lines += metrics.family("jigsaw_http_connections_max", "gauge", "Open HTTP connections at most (the cap).",
+                                {"": self.server.max_connections})
+        lines += metrics.family("jigsaw_http_errors_total", "counter",
+                                "HTTP server errors survived, by kind (accept, handler: answered 500, connection).",
+                                {lab(kind=k): self.server.errors.counts[k] for k in ("accept", "handler", "connection")})
         return "\n".join(lines) + "\n"
 
 
@@ -321,6 +405,7 @@ def serve(cfg: DaemonConfig) -> int:
     """Run the daemon in the foreground (``jigsaw daemon``); logs go to stderr, the URL to stdout."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     daemon = Daemon(cfg)
+    os.umask(0o077)  # what the daemon and its workers create (logs, TensorBoard, sockets) is this user's only
 
     def ready(url: str) -> None:
         print(f"jigsaw daemon: serving {', '.join(cfg.apps)} on {url} (backend {cfg.backend}, run dir {cfg.run_dir})",

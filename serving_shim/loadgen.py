@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,10 +60,20 @@ def trace_arrivals(trace: Trace, duration_s: float | None, seed: int) -> tuple[n
 
 
 async def replay(url: str, times_s: np.ndarray, app_index: np.ndarray, apps: Sequence[str], *,
-                 timeout_s: float = REQUEST_TIMEOUT_S) -> LoadReport:
+                 timeout_s: float = REQUEST_TIMEOUT_S, on_start: Callable[[], None] = lambda: None) -> LoadReport:
     """Send ``POST {url}/v1/apps/{app}/infer`` at each time (seconds from now); returns once every request is
-    answered or given up."""
-    Client(url)  # check the URL before sending anything
+    answered or given up. ``on_start`` is called once the URL answers, before the first request."""
+    if not 0 < timeout_s < math.inf:
+        raise ShimError(f"timeout {timeout_s} s", field="--timeout", fix="give a number of seconds > 0")
+    probe = Client(url)  # check the URL, and that something answers there, before sending anything
+    try:
+        await asyncio.wait_for(probe.call("GET", "/healthz"), timeout_s)
+    except (TimeoutError, OSError, EOFError, ValueError) as e:
+        raise ShimError(f"nothing answers at {url} ({type(e).__name__}: {e})", field="--url",
+                        fix="start the daemon (jigsaw daemon), or give its address") from None
+    finally:
+        probe.close()
+    on_start()
     loop = asyncio.get_running_loop()
     report, idle = LoadReport(), list[Client]()
     slots = asyncio.Semaphore(MAX_CONNECTIONS)

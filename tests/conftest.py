@@ -6,6 +6,10 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import selectors
+import subprocess
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+DAEMON_START_TIMEOUT_S = 180.0  # workers import torch: slow on a loaded CI machine
 
 PROFILE_COLUMNS = ("task_family", "model", "sm_count", "mps_workers", "batch", "p50_ms", "p95_ms", "p99_ms",
                    "throughput_rps", "peak_mem_mib")
@@ -45,14 +50,14 @@ class CatalogSpec:
     """Everything a catalog directory holds, as plain data a test may corrupt before ``write``.
 
     ``apps`` maps a file name (``.yaml`` or ``.json``) to the app document, or to raw text written as is.
-    ``raw`` maps a file name to text that replaces whatever ``write`` would have produced for it.
+    ``raw`` maps a file name to text (or bytes) that replaces whatever ``write`` would have produced for it.
     """
 
     gpus: dict[str, dict[str, Any]]
     rows: dict[str, list[dict[str, Any]]]  # gpu name -> profile rows
     models: dict[str, float | str]  # model -> published metric ("" = not published)
     apps: dict[str, dict[str, Any] | str]
-    raw: dict[str, str] = field(default_factory=dict)
+    raw: dict[str, str | bytes] = field(default_factory=dict)
 
     def copy(self) -> CatalogSpec:
         return copy.deepcopy(self)
@@ -79,8 +84,8 @@ class CatalogSpec:
                 text = yaml.safe_dump(app, sort_keys=False)
             (root / fname).write_text(text)
         (root / "catalog.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-        for fname, text in self.raw.items():
-            (root / fname).write_text(text)
+        for fname, raw in self.raw.items():
+            (root / fname).write_bytes(raw if isinstance(raw, bytes) else raw.encode())
         return root
 
 
@@ -181,3 +186,19 @@ def counts_of(gpu, names: dict[str, int]) -> tuple[int, ...]:
     known = {p.name for p in gpu.mig_profiles}
     assert set(names) <= known, names
     return tuple(names.get(p.name, 0) for p in gpu.mig_profiles)
+
+
+def start_daemon(*args: str, stderr: Any = subprocess.DEVNULL,
+                 preexec_fn: Callable[[], None] | None = None) -> tuple[subprocess.Popen[str], str]:
+    """``jigsaw daemon ARGS`` in a process of its own; returns it and the URL it printed once its plan serves."""
+    proc = subprocess.Popen([sys.executable, "-m", "jigsaw.scripts.cli", "daemon", *args], stdout=subprocess.PIPE,
+                            stderr=stderr, text=True, cwd=ROOT, preexec_fn=preexec_fn)
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(DAEMON_START_TIMEOUT_S):
+            proc.kill()
+            pytest.fail("the daemon did not start")
+    line = proc.stdout.readline()
+    assert " on http://" in line, line
+    return proc, line.split(" on ")[1].split()[0]

@@ -28,6 +28,18 @@ def test_solve_json_has_the_documented_keys():
     assert doc["gpus_used"] == len(doc["gpus"]) <= 2
 
 
+def test_solve_json_is_a_plan_the_daemon_starts_from(tmp_path):
+    """Every plan error's fix says `jigsaw solve --json > plan.json`: that document must be one `--plan` accepts."""
+    from jigsaw.serving_shim.daemon import Daemon, DaemonConfig
+
+    run = jigsaw("solve", "--app", "social_media", "--rps", "50", "--gpus", "1", "--json")
+    assert run.returncode == 0, run.stderr
+    (tmp_path / "plan.json").write_text(run.stdout)
+    daemon = Daemon(DaemonConfig("cpu", ("social_media",), tmp_path / "run", plan_file=str(tmp_path / "plan.json")))
+    assert daemon.first_plan is not None and daemon.plan_source == "file"
+    assert daemon.first_plan.to_dict() == json.loads(run.stdout)["plan"]
+
+
 def test_infeasible_demand_exits_1_with_the_binding_constraint():
     run = jigsaw("solve", "--app", "ar_assistant", "--rps", "50000", "--gpus", "1", "--json")
     assert run.returncode == 1

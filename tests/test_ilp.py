@@ -188,14 +188,31 @@ def test_zero_demand_needs_nothing(toy_catalog):
     ({"demand": {"chain": float("nan")}}, SolverError),
     ({"demand": {"nope": 1}}, CatalogError),
     ({"gpu_type": "h100"}, CatalogError),
-    ({"opts": SolverOptions(headroom=0)}, SolverError),
-    ({"opts": SolverOptions(mip_gap=1.0)}, SolverError),
+    ({"gpus": 10**6}, SolverError),
+    ({"demand": {"chain": 1e308}}, SolverError),
 ])
 def test_bad_requests_raise(toy_catalog, kwargs, error):
     args = {"gpu_type": "toy", "demand": {"chain": 1}, "gpus": 1} | kwargs
     with pytest.raises(error) as e:
         solve(toy_catalog, **args)
     assert isinstance(e.value, JigsawError) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("kwargs", [{"headroom": 0}, {"headroom": math.inf}, {"mip_gap": 1.0}, {"mip_gap": math.nan},
+                                    {"time_limit_s": 1e10}, {"time_limit_s": math.nan}, {"latency_allowance": -1}])
+def test_solver_options_out_of_range_are_refused(kwargs):
+    """Refused where they are made: a time limit of 1e10 s aborted the process inside HiGHS."""
+    with pytest.raises(SolverError) as e:
+        SolverOptions(**kwargs)
+    assert "\n" not in str(e.value) and e.value.field
+
+
+def test_the_fewer_gpus_tie_break_holds_on_a_large_cluster(builtin_catalog):
+    """3 slices fit one GPU: the plan must not spread them because the cluster is large (the per-GPU weight once
+    shrank with the cluster's size, below the MIP gap, and 10,000 GPUs gave a 2-GPU plan)."""
+    for gpus in (1, 100, 10_000):
+        r = solve(builtin_catalog, "h100", {"social_media": 10.0}, gpus)
+        assert r.status == "optimal" and r.slices_used == 3 and r.gpus_used == 1, gpus
 
 
 @pytest.mark.parametrize("text, expected", [

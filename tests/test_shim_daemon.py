@@ -5,37 +5,23 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import start_daemon
 
 from jigsaw.agents.ppo import DEFAULT_POLICY
 from jigsaw.scripts.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
-START_TIMEOUT_S = 180.0
 
-
-def start_daemon(run_dir: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "jigsaw.scripts.cli", "daemon", "--app", "ar_assistant", "--port", "0",
-                             "--run-dir", str(run_dir), "--interval", "3600", "--max-workers", "3"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(START_TIMEOUT_S):
-            proc.kill()
-            pytest.fail("the daemon did not start")
-    line = proc.stdout.readline()
-    assert " on http://" in line, line
-    return proc, line.split(" on ")[1].split()[0]
+def start_ar_daemon(run_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    return start_daemon("--app", "ar_assistant", "--port", "0", "--run-dir", str(run_dir), "--interval", "3600",
+                        "--max-workers", "3")
 
 
 def get(url: str) -> dict:
@@ -53,7 +39,7 @@ def stop(proc: subprocess.Popen[str], pids: list[int]) -> None:
 
 
 def test_daemon_serves_stops_on_sigterm_and_restores_its_plan(tmp_path):
-    proc, url = start_daemon(tmp_path)
+    proc, url = start_ar_daemon(tmp_path)
     try:
         req = urllib.request.Request(f"{url}/v1/apps/ar_assistant/infer", data=b'{"id": 1}', method="POST")
         with urllib.request.urlopen(req, timeout=30) as r:
@@ -67,7 +53,7 @@ def test_daemon_serves_stops_on_sigterm_and_restores_its_plan(tmp_path):
     finally:
         stop(proc, [w["pid"] for w in status["workers"]])
 
-    proc, url = start_daemon(tmp_path)
+    proc, url = start_ar_daemon(tmp_path)
     try:
         again = get(f"{url}/status")
         assert again["plan_source"] == "restored" and again["plan"] == status["plan"]

@@ -1,6 +1,7 @@
 """The shim with real worker processes on the cpu backend: a request through a depth-3 app, a plan change
-under load, a worker killed under load. One daemon (in this process, on its own event loop thread) serves
-the module; the load generator runs on the test's thread. No timing assertions: outcomes only."""
+under load, a worker killed under load, a worker stopped (hung) under load. One daemon (in this process, on its
+own event loop thread) serves the module; the load generator runs on the test's thread. No timing assertions:
+outcomes only."""
 
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ import numpy as np
 import pytest
 
 from jigsaw.agents.controller import Controller
-from jigsaw.env.plan import Plan
+from jigsaw.env.plan import GpuLayout, Plan
 from jigsaw.env.traces import Trace
 from jigsaw.serving_shim.daemon import Daemon, DaemonConfig
 from jigsaw.serving_shim.loadgen import LoadReport, replay, trace_arrivals
+from jigsaw.serving_shim.reconciler import HEALTH_DEADLINE_S
 
 APP = "ar_assistant"
 LOAD_RPS = 20.0
@@ -30,8 +32,11 @@ START_TIMEOUT_S = 180.0  # workers import torch: slow on a loaded CI machine
 
 
 def _replicas(plan: Plan, **changes: dict[str, Any]) -> Plan:
+    """``plan`` with some tasks' fields changed, and a layout hosting each replica in an instance of its own."""
     tasks = {t: dataclasses.replace(c, **changes.get(t, {})) for t, c in plan.apps[APP].items()}
-    return dataclasses.replace(plan, apps={APP: tasks})
+    seats = [(c.segment, f"{APP}/{t}") for t, c in tasks.items() for _ in range(c.replicas)]
+    layout = GpuLayout(tuple(s for s, _ in seats), tuple((k,) for _, k in seats))
+    return dataclasses.replace(plan, apps={APP: tasks}, gpus=(layout,))
 
 
 class Shim:
@@ -150,5 +155,48 @@ def test_a_killed_worker_is_replaced_under_load(shim):
     assert status["worker_restarts"] == 1
     assert fresh[0]["task"] == "recognise" and fresh[0]["pid"] != victim["pid"]
     print(f"replacement ready {fresh[0]['ready_s']:.2f} s after its launch")
+    status_code, doc = shim.post(b"{}")
+    assert status_code == 200 and doc["status"] in ("ok", "violated")
+
+
+def test_a_stopped_worker_is_declared_hung_and_replaced_under_load(shim):
+    workers = shim.get("/status")["workers"]
+    victim = next(w for w in workers if w["task"] == "recognise")
+    times: dict[str, float] = {}
+
+    async def stop() -> None:
+        os.kill(victim["pid"], signal.SIGSTOP)
+        times["stopped"] = time.monotonic()
+        deadline = time.monotonic() + HEALTH_DEADLINE_S + 10.0
+        while time.monotonic() < deadline:
+            if (await asyncio.to_thread(shim.get, "/status"))["worker_restarts_by_cause"]["hung"] == 1:
+                times["hung"] = time.monotonic()
+                return
+            await asyncio.sleep(0.1)
+
+    try:
+        summary = shim.under_load(HEALTH_DEADLINE_S + 7.0, stop).summary()
+    finally:
+        if _alive(victim["pid"]):
+            os.kill(victim["pid"], signal.SIGCONT)  # never leave a stopped process behind a failed test
+    print(f"worker stopped under load: {summary}")
+    assert "hung" in times, "the stopped worker was not declared hung"
+    print(f"declared hung {times['hung'] - times['stopped']:.2f} s after SIGSTOP")
+    assert summary["lost"] == 0 and summary["errors"] == 0, summary
+    assert summary["ok"] + summary["violated"] >= 0.8 * summary["sent"], summary
+    assert not _alive(victim["pid"])  # killed, not left stopped
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        status = shim.get("/status")
+        fresh = [w for w in status["workers"] if w["pid"] not in {v["pid"] for v in workers}]
+        if fresh and fresh[0]["state"] == "ready" and len(status["workers"]) == len(workers):
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the stopped worker was not replaced: {status['workers']}")
+    assert fresh[0]["task"] == "recognise" and status["worker_restarts_by_cause"]["hung"] == 1
+    print(f"replacement ready {fresh[0]['ready_s']:.2f} s after its launch")
+    metrics = urllib.request.urlopen(shim.daemon.url + "/metrics", timeout=30).read().decode()
+    assert 'jigsaw_worker_restarts_total{cause="hung"} 1' in metrics
     status_code, doc = shim.post(b"{}")
     assert status_code == 200 and doc["status"] in ("ok", "violated")
