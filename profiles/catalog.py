@@ -7,6 +7,7 @@ path inside is relative to that file. Everything is checked at load, so later co
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import itertools
 import math
@@ -20,7 +21,7 @@ from . import documents
 from .errors import CatalogError
 from .mig import enumerate_partitions
 from .tables import ColocationModel, ProfileRow, ProfileTable, RowKey, build_table, load_profile_csv
-from .types import App, GpuType, MigProfile, Task, Variant
+from .types import App, GpuType, MigProfile, Task, Transitions, Variant
 
 DEFAULT_CATALOG = Path(__file__).parent / "data"
 MAX_SLOTS = 16  # compute or memory slices of a GPU type
@@ -28,6 +29,8 @@ MAX_MPS_WORKERS = 48  # clients one MPS server takes (Volta and later)
 MAX_FANOUT = 1000.0  # items an edge passes on per item (a detector's objects per frame)
 _JOINT_SEARCH_LIMIT = 100_000  # variant combinations checked jointly per app
 LATENCY_ALLOWANCE = 2.0  # a task's latency budget must cover 2 x its p95 (the paper's queueing allowance)
+MAX_TRANSITION_S = 86_400.0  # a start-up or repartition time over a day is a unit slip (ms for s), not a figure
+CPU_DEVICE = "cpu"  # Catalog.transitions key of the top-level cpu_workers block (the cpu backend's workers)
 
 
 def read_document(path: Path) -> Any:
@@ -66,6 +69,7 @@ class Catalog:
     rows: dict[str, dict[RowKey, ProfileRow]]
     colocation: dict[str, ColocationModel]
     cuda_context_mib: dict[str, float]
+    transitions: dict[str, Transitions]  # GPU type name, or CPU_DEVICE -> how long plan changes take there
     _tables: dict[tuple[str, str, str], ProfileTable] = field(default_factory=dict, repr=False)
 
     def table(self, gpu: str, app: str, task: str) -> ProfileTable:
@@ -81,6 +85,13 @@ class Catalog:
                                fix=f"use one of {', '.join(self.gpus)}")
         return self.gpus[name]
 
+    def transitions_for(self, device: str) -> Transitions:
+        """Start-up and repartition times on ``device``: a GPU type name, or ``"cpu"`` for the cpu backend."""
+        if device not in self.transitions:
+            raise CatalogError(f"unknown device '{device}'", file=str(self.root), field="transitions",
+                               fix=f"use one of {', '.join(self.transitions)}")
+        return self.transitions[device]
+
     def app(self, name: str) -> App:
         if name not in self.apps:
             raise CatalogError(f"unknown app '{name}'", file=str(self.root), field="apps",
@@ -95,8 +106,72 @@ class Catalog:
         return [a for a in self.apps if self.serves(gpu, a)]
 
 
-def _load_gpu(name: str, doc: Any, file: Path) -> tuple[GpuType, Path, ColocationModel, float]:
+def seconds(value: Any, file: Path, name: str, high: float = MAX_TRANSITION_S) -> float:
+    """A duration: a finite number of seconds in 0..``high`` (not a bool, a string or null)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CatalogError(f"expected a number of seconds, got {value!r:.40}", file=str(file), field=name,
+                           fix=f"give seconds in 0..{high:g}")
+    if not (math.isfinite(value) and 0 <= value <= high):
+        raise CatalogError(f"{value} s is out of range", file=str(file), field=name, fix=f"give seconds in 0..{high:g}")
+    return float(value)
+
+
+def _load_transitions(doc: Any, key: str, file: Path, where: str = "", *, gpu: bool) -> Transitions:
+    """``doc[key]``: ``source``, ``startup_s`` ({``default``: s, variant: s, ...}) and, on a GPU, ``repartition_s``.
+    Per-variant keys are checked against the apps later, in ``load_catalog``."""
+    where_block = f"{where}.{key}" if where else key
+    if isinstance(doc, dict) and key not in doc:  # catalogs written before start-up times were required
+        raise CatalogError("missing field", file=str(file), field=where_block,
+                           fix=f"add '{key}:' with source, {'repartition_s, ' if gpu else ''}startup_s: {{default: "
+                           "seconds}} (see profiles/data/catalog.yaml)")
+    block = field_of(doc, key, dict, file, where)
+    where = where_block
+    allowed = ("source", "repartition_s", "startup_s") if gpu else ("source", "startup_s")
+    for k in block:
+        if k not in allowed:
+            raise CatalogError(f"unknown field '{k}'", file=str(file), field=f"{where}.{k}",
+                               fix=f"remove it (fields: {', '.join(allowed)})" + (
+                                   "; the cpu backend has no MIG geometry" if k == "repartition_s" else ""))
+    source = field_of(block, "source", str, file, where).strip()
+    if not source:
+        raise CatalogError("empty provenance", file=str(file), field=f"{where}.source",
+                           fix="say where the figures come from: measured (where, when, how) or estimated (why)")
+    repartition = seconds(field_of(block, "repartition_s", (int, float), file, where), file,
+                          f"{where}.repartition_s") if gpu else 0.0
+    startup = field_of(block, "startup_s", dict, file, where)
+    if "default" not in startup:
+        raise CatalogError("missing field", file=str(file), field=f"{where}.startup_s.default",
+                           fix="add 'default' (seconds for every variant not listed)")
+    per_variant: dict[str, float] = {}
+    for variant, value in startup.items():
+        if not isinstance(variant, str):
+            raise CatalogError(f"variant names must be text, got {variant!r:.40}", file=str(file),
+                               field=f"{where}.startup_s", fix="quote the name")
+        if variant != "default":
+            per_variant[variant] = seconds(value, file, f"{where}.startup_s.{variant}")
+    return Transitions(repartition, per_variant, seconds(startup["default"], file, f"{where}.startup_s.default"),
+                       source)
+
+
+def _check_transition_variants(transitions: dict[str, Transitions], apps: dict[str, App], file: Path) -> None:
+    """Every per-variant start-up time names a variant of some app (a typo would silently get the default)."""
+    known = sorted({v.name for app in apps.values() for t in app.tasks for v in t.variants})
+    for device, tr in transitions.items():
+        where = "cpu_workers" if device == CPU_DEVICE else f"gpus.{device}.transitions"
+        for variant in tr.startup_s:
+            if variant not in known:
+                close = difflib.get_close_matches(variant, known, n=1)
+                raise CatalogError(f"no app has a variant '{variant}'", file=str(file),
+                                   field=f"{where}.startup_s.{variant}",
+                                   fix=(f"did you mean '{close[0]}'? " if close else "") +
+                                   "name a variant of the catalog's apps, or remove the line")
+
+
+def _load_gpu(name: str, doc: Any, file: Path) -> tuple[GpuType, Path, ColocationModel, float, Transitions]:
     where = f"gpus.{name}"
+    if name == CPU_DEVICE:
+        raise CatalogError(f"a GPU type may not be called '{CPU_DEVICE}'", file=str(file), field=where,
+                           fix="rename it: 'cpu' names the cpu_workers figures of the cpu backend")
     compute = int(field_of(doc, "compute_slices", int, file, where))
     slots = int(field_of(doc, "memory_slots", int, file, where))
     for key, value in (("compute_slices", compute), ("memory_slots", slots)):
@@ -135,7 +210,8 @@ def _load_gpu(name: str, doc: Any, file: Path) -> tuple[GpuType, Path, Colocatio
                   enumerate_partitions(profiles, compute, slots))
     table = file.parent / field_of(doc, "profiles", str, file, where)
     context = float(doc.get("cuda_context_mib", 0))
-    return gpu, table, ColocationModel(measured, slowdown), context
+    transitions = _load_transitions(doc, "transitions", file, where, gpu=True)
+    return gpu, table, ColocationModel(measured, slowdown), context, transitions
 
 
 def _load_metrics(path: Path) -> dict[str, float]:
@@ -279,10 +355,11 @@ def load_catalog(path: Path | str | None = None) -> Catalog:
     doc = read_document(file)
     if not isinstance(doc, dict):
         raise CatalogError("expected a mapping at the top level", file=str(file), fix="see profiles/data/catalog.yaml")
-    gpus, rows, coloc, context = {}, {}, {}, {}
+    gpus, rows, coloc, context, transitions = {}, {}, {}, {}, {}
     for name, gdoc in field_of(doc, "gpus", dict, file).items():
-        gpu, table, coloc[name], context[name] = _load_gpu(name, gdoc, file)
+        gpu, table, coloc[name], context[name], transitions[name] = _load_gpu(name, gdoc, file)
         gpus[name], rows[name] = gpu, load_profile_csv(table)
+    transitions[CPU_DEVICE] = _load_transitions(doc, "cpu_workers", file, gpu=False)
     metrics = _load_metrics(file.parent / field_of(doc, "models", str, file))
     apps: dict[str, App] = {}
     for rel in field_of(doc, "apps", list, file):
@@ -299,7 +376,8 @@ def load_catalog(path: Path | str | None = None) -> Catalog:
                     raise CatalogError(f"variant '{v.name}' of family '{t.family}' has no row in any profile table",
                                        file=app.source_file, field=f"tasks.{t.name}.variants",
                                        fix="check the model and family names, or measure it with `jigsaw profile`")
-    catalog = Catalog(file, gpus, apps, rows, coloc, context)
+    _check_transition_variants(transitions, apps, file)
+    catalog = Catalog(file, gpus, apps, rows, coloc, context, transitions)
     for app in apps.values():
         check_slos(catalog, app)
     return catalog

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from types import MappingProxyType
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,28 @@ class GpuType:
 
     def profile_index(self, name: str) -> int:
         return next(i for i, p in enumerate(self.mig_profiles) if p.name == name)
+
+
+@dataclass(frozen=True)
+class Transitions:
+    """How long plan changes take on one device kind: re-cutting a GPU's MIG geometry once its affected
+    instances are idle, and starting a worker (launch until it serves), per variant with a default."""
+
+    repartition_s: float  # destroy + create GPU/compute instances on one GPU (0.0 on the cpu backend)
+    startup_s: Mapping[str, float] = field(hash=False)  # variant name -> seconds; overrides the default
+    default_startup_s: float
+    source: str  # provenance: estimated (and why) or measured (where, when, how)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "startup_s", MappingProxyType(dict(self.startup_s)))  # read-only, a copy
+
+    def __reduce__(self) -> tuple[type[Transitions], tuple[float, dict[str, float], float, str]]:
+        """Pickle the figures as a plain dict (a mappingproxy does not pickle); ``__post_init__`` freezes it again."""
+        return Transitions, (self.repartition_s, dict(self.startup_s), self.default_startup_s, self.source)
+
+    def startup(self, variant: str) -> float:
+        """Seconds from launching a worker of ``variant`` until it serves."""
+        return self.startup_s.get(variant, self.default_startup_s)
 
 
 @dataclass(frozen=True)

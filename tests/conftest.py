@@ -58,6 +58,7 @@ class CatalogSpec:
     models: dict[str, float | str]  # model -> published metric ("" = not published)
     apps: dict[str, dict[str, Any] | str]
     raw: dict[str, str | bytes] = field(default_factory=dict)
+    cpu_workers: dict[str, Any] | None = field(default_factory=lambda: copy.deepcopy(TOY_CPU_WORKERS))  # None: left out
 
     def copy(self) -> CatalogSpec:
         return copy.deepcopy(self)
@@ -65,6 +66,8 @@ class CatalogSpec:
     def write(self, root: Path) -> Path:
         root.mkdir(parents=True, exist_ok=True)
         doc: dict[str, Any] = {"models": "models.csv", "gpus": {}, "apps": list(self.apps)}
+        if self.cpu_workers is not None:
+            doc["cpu_workers"] = self.cpu_workers
         for name, gdoc in self.gpus.items():
             gdoc = dict(gdoc)
             gdoc.setdefault("profiles", f"{name}_profiles.csv")
@@ -89,6 +92,10 @@ class CatalogSpec:
         return root
 
 
+# Start-up and repartition times (seconds) for test GPUs, and the cpu backend's start-up times.
+TOY_TRANSITIONS = {"source": "test figures", "repartition_s": 10.0, "startup_s": {"default": 5.0}}
+TOY_CPU_WORKERS = {"source": "test figures", "startup_s": {"default": 1.0}}
+
 # The hand-computable toy GPU: a 1-slice profile (16 SMs) and the whole GPU (7 slices, 112 SMs).
 TOY_GPU = {
     "device_name": "Toy GPU",
@@ -97,6 +104,7 @@ TOY_GPU = {
     "mps_workers": [1],
     "cuda_context_mib": 0,
     "colocation": {"measured": True},
+    "transitions": TOY_TRANSITIONS,
     "mig_profiles": [
         {"name": "1g", "compute_slices": 1, "sms": 16, "memory_gib": 10, "width": 1, "starts": [0, 1, 2, 3, 4, 5, 6]},
         {"name": "7g", "compute_slices": 7, "sms": 112, "memory_gib": 80, "width": 7, "starts": [0]},

@@ -12,7 +12,7 @@ from functools import cache
 
 import numpy as np
 import pytest
-from conftest import CatalogSpec, brute_force_partitions, profile_row, toy_spec
+from conftest import TOY_TRANSITIONS, CatalogSpec, brute_force_partitions, profile_row, toy_spec
 
 from jigsaw.agents.ilp import solve
 from jigsaw.env.candidates import FEATURE_SETS, Features, SolverOptions
@@ -270,6 +270,7 @@ MINI_GPU = {
     "mps_workers": [1, 2],
     "cuda_context_mib": 100,
     "colocation": {"measured": True},
+    "transitions": TOY_TRANSITIONS,
     "mig_profiles": [
         {"name": "1g", "compute_slices": 1, "sms": 10, "memory_gib": 1, "width": 1, "starts": [0, 1, 2, 3]},
         {"name": "2g", "compute_slices": 2, "sms": 20, "memory_gib": 2, "width": 2, "starts": [0, 2]},

@@ -4,6 +4,7 @@ writes, interrupted and killed runs that resume, and one-line refusals of bad in
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import signal
@@ -146,9 +147,10 @@ def test_output_has_the_catalog_schema_and_says_which_device_measured_it(profile
 def test_a_catalog_pointing_at_the_profiled_table_loads(profiled, tmp_path):
     out, _, _ = profiled
     sms = max(int(r["sm_count"]) for r in read_rows(out))
-    doc = {"models": "models.csv", "apps": ["app.yaml"], "gpus": {"cpu": {
+    times = {"source": "test figures", "startup_s": {"default": 1.0}}
+    doc = {"models": "models.csv", "apps": ["app.yaml"], "cpu_workers": times, "gpus": {"laptop": {
         "compute_slices": 1, "memory_slots": 1, "mps_workers": [1, 2], "colocation": {"measured": True},
-        "profiles": str(out),
+        "profiles": str(out), "transitions": {**copy.deepcopy(times), "repartition_s": 0},
         "mig_profiles": [{"name": "all", "compute_slices": 1, "sms": sms, "memory_gib": 64, "width": 1, "starts": [0]}]}}}
     (tmp_path / "catalog.yaml").write_text(yaml.safe_dump(doc))
     (tmp_path / "models.csv").write_text("model,metric_value\nresnet18,69.758\n")
@@ -156,7 +158,7 @@ def test_a_catalog_pointing_at_the_profiled_table_loads(profiled, tmp_path):
                                                        "tasks": {"classify": {"family": "classification",
                                                                               "variants": ["resnet18"]}}}))
     catalog = load_catalog(tmp_path)
-    table = catalog.table("cpu", "one", "classify")
+    table = catalog.table("laptop", "one", "classify")  # "cpu" names the cpu_workers times
     assert table.batches == (1, 2)
     assert [s.name for s in table.segments] == ["all", "all/2"]
     assert (table.kind == ConfigKind.MEASURED).all()  # alone and two co-located workers, both measured
