@@ -176,13 +176,14 @@ def _build(gpu: GpuType, blocks: list[AppBlock], gpus: int | None, opts: SolverO
             upper[y] = 1
             rows.add(y, np.ones(k), 1, 1)
             peak = opts.headroom * b.rate_rps * (const + sum(coef.max() for _, coef in terms))
-            big_m = np.minimum(np.ceil(peak / c.throughput_rps), workers_per_gpu[c.segment] * gpu_cap)
+            # at least one replica: an app without demand still serves (a plan never leaves a task bare)
+            big_m = np.maximum(np.minimum(np.ceil(peak / c.throughput_rps), workers_per_gpu[c.segment] * gpu_cap), 1)
             upper[n] = big_m
             most_replicas += float(big_m.max())
             # L y <= n <= M y. L, the fewest replicas any choice upstream leaves this config, is a valid cut
             # that lifts the LP bound from fractional replicas (root bound 14.7 -> 22 of an optimum of 22).
             fewest = opts.headroom * b.rate_rps * (const + sum(coef.min() for _, coef in terms))
-            at_least = np.minimum(np.ceil(fewest / c.throughput_rps - 1e-9), big_m)
+            at_least = np.maximum(np.minimum(np.ceil(fewest / c.throughput_rps - 1e-9), big_m), 1)
             for j in range(k):
                 rows.add(np.array([n[j], y[j]]), np.array([1.0, -big_m[j]]), -inf, 0)
                 rows.add(np.array([n[j], y[j]]), np.array([1.0, -at_least[j]]), 0, inf)

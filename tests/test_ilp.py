@@ -16,6 +16,7 @@ from conftest import TOY_TRANSITIONS, CatalogSpec, brute_force_partitions, profi
 
 from jigsaw.agents.ilp import solve
 from jigsaw.env.candidates import FEATURE_SETS, Features, SolverOptions
+from jigsaw.env.perf import compile_plan
 from jigsaw.env.plan import GpuLayout, Plan, TaskConfig
 from jigsaw.profiles.catalog import load_catalog
 from jigsaw.profiles.errors import CatalogError, JigsawError, PlanError, SolverError
@@ -175,10 +176,12 @@ def test_no_configuration_meets_the_slo_under_the_features(tmp_path):
     assert "chain" in r.reason and "S+T" in r.reason
 
 
-def test_zero_demand_needs_nothing(toy_catalog):
+def test_zero_demand_needs_one_worker_per_task(toy_catalog):
+    """An idle app still serves (a plan with a bare task is no plan: compile_plan refuses it), at the least cost."""
     r = solve(toy_catalog, "toy", {"chain": 0}, gpus=1, opts=OPTS)
-    assert r.status == "optimal" and r.slices_used == 0 and r.gpus_used == 0
-    assert all(c.replicas == 0 for c in r.choices)
+    assert r.status == "optimal" and r.gpus_used == 1
+    assert all(c.replicas == 1 for c in r.choices)
+    assert r.slices_used == solve(toy_catalog, "toy", {"chain": 1e-6}, gpus=1, opts=OPTS).slices_used
 
 
 @pytest.mark.parametrize("kwargs, error", [
@@ -753,3 +756,13 @@ def test_builtin_plans_satisfy_every_constraint(builtin_catalog, gpu_name, deman
     assert base.status == more.status == "optimal"
     assert base.slices_used <= r.slices_used <= 7 * gpus
     assert more.slices_used >= base.slices_used
+
+
+def test_an_app_without_demand_still_gets_a_replica_per_task() -> None:
+    """A trace bin with no requests for an app (the Azure trace has them) once gave 0 replicas, a plan that
+    compile_plan refuses: every task keeps at least one worker."""
+    catalog = load_catalog()
+    result = solve(catalog, "h100", {"social_media": 0.0, "traffic_analysis": 5.0, "ar_assistant": 1.0}, 4)
+    assert result.plan is not None
+    assert all(c.replicas >= 1 for tasks in result.plan.apps.values() for c in tasks.values())
+    compile_plan(catalog, result.plan)
