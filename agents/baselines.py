@@ -3,6 +3,9 @@
 ``static_peak`` are ``jigsaw.agents.controller.Controller``s, so they forecast, check and fall back the same way.
 
 * ``ilp``: no proposer, the ILP re-solved every interval on the cluster (the paper's controller, our reference).
+* ``ilp_sticky``: the ILP that knows changes cost: every task whose worker kind it keeps saves
+  ``change_penalty`` slices in its objective, at a headroom chosen on the training part of the traces
+  (``agents/hyperparams/ilp_sticky.yml``, written by ``scripts/tune_ilp_sticky.py``).
 * ``static_peak``: one ILP plan for the segment's peak interval demand, never changed (it knows the peak in
   advance: the classic over-provisioning baseline). If the peak does not fit the cluster, the peak scaled down
   by STATIC_BACKOFF steps until it does (the most a static plan could provision).
@@ -22,13 +25,19 @@
     5. still too big: scale replicas down (an overloaded plan: what it cannot serve is violated).
 * ``policy`` / ``policy_alone``: the trained policy's proposer through the controller with / without the
   safety check (``policy_alone`` applies whatever fits the catalog and the GPUs).
+* ``zero_actor`` / ``random_actor``: the policy's controller, proposer and polish included, with its actor
+  swapped for one that always takes the no-change action / a uniformly random allowed action (seeded per
+  evaluation seed): the ablation of what the learned part adds.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -38,12 +47,16 @@ from jigsaw.agents.ilp import solve
 from jigsaw.env.candidates import Features, SolverOptions
 from jigsaw.env.gym_env import EnvConfig
 from jigsaw.env.plan import Plan
-from jigsaw.env.space import DecisionSpace
+from jigsaw.env.space import ACTION_NVEC, DecisionSpace
 from jigsaw.profiles.catalog import Catalog
+from jigsaw.profiles.documents import parse_yaml, read_text
 from jigsaw.profiles.errors import ConfigError
 
-SYSTEM_NAMES = ("policy", "policy_alone", "ilp", "static_peak", "a_t", "s_t", "a_s", "greedy")
-POLICY_SYSTEMS = ("policy", "policy_alone")
+SYSTEM_NAMES = ("policy", "policy_alone", "zero_actor", "random_actor", "ilp", "ilp_sticky", "static_peak", "a_t",
+                "s_t", "a_s", "greedy")
+POLICY_SYSTEMS = ("policy", "policy_alone", "zero_actor", "random_actor")
+SEEDED_SYSTEMS = ("random_actor",)  # systems whose decisions depend on the evaluation's seed
+STICKY_SETTINGS = Path(__file__).parent / "hyperparams" / "ilp_sticky.yml"
 ABLATIONS = {"a_t": Features(accuracy=True, spatial=False, budgeting=True),
              "s_t": Features(accuracy=False, spatial=True, budgeting=True),
              "a_s": Features(accuracy=True, spatial=True, budgeting=False)}
@@ -55,8 +68,8 @@ class Decider(Protocol):
     def decide(self, measured: Mapping[str, float], peak: Mapping[str, float] | None = None) -> Decision: ...
 
 
-# the segment's peak req/s per app (only static_peak uses it) -> a fresh system
-SystemFactory = Callable[[Mapping[str, float]], Decider]
+# (the segment's peak req/s per app (only static_peak uses it), the evaluation's seed) -> a fresh system
+SystemFactory = Callable[[Mapping[str, float], int], Decider]
 
 
 class PolicyLike(Protocol):
@@ -67,6 +80,43 @@ class PolicyLike(Protocol):
     def proposer(self, history: np.ndarray, forecast: Mapping[str, float], current: Plan | None) -> Plan: ...
 
     def reset(self) -> None: ...
+
+    def with_actor(self, actor: Actor) -> PolicyLike: ...
+
+
+class Actor(Protocol):
+    def act(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray: ...
+
+
+class ZeroActor:
+    """Always the no-change action: per task, the middle choice of every head (``ACTION_NVEC``)."""
+
+    def act(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        n_tasks = mask.size // sum(ACTION_NVEC)
+        return np.tile(np.array([n // 2 for n in ACTION_NVEC]), (n_tasks, 1))
+
+
+class RandomActor:
+    """Per task and head, a uniformly random choice among the allowed ones."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        per_task = mask.reshape(-1, sum(ACTION_NVEC))
+        bounds = np.cumsum((0, *ACTION_NVEC))
+        return np.array([[self.rng.choice(np.flatnonzero(row[a:b])) if row[a:b].any() else (b - a) // 2
+                          for a, b in itertools.pairwise(bounds)] for row in per_task])
+
+
+def sticky_options(opts: SolverOptions, path: Path = STICKY_SETTINGS) -> SolverOptions:
+    """``opts`` with the tuned headroom and change penalty of ``ilp_sticky``."""
+    doc = parse_yaml(read_text(path, ConfigError, "ilp_sticky settings"), str(path), ConfigError)
+    try:
+        return replace(opts, headroom=float(doc["headroom"]), change_penalty=float(doc["change_penalty"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"bad settings ({e})", file=str(path), field="headroom/change_penalty",
+                          fix="rerun scripts/tune_ilp_sticky.py to write them") from None
 
 
 class StaticPeak:
@@ -112,7 +162,7 @@ def build_systems(catalog: Catalog, config: EnvConfig, names: list[str], opts: S
                           fix=f"choose from {','.join(SYSTEM_NAMES)}")
     if policy is None and any(n in POLICY_SYSTEMS for n in names):
         raise ConfigError("the policy systems need a policy", field="--systems",
-                          fix="give --policy FILE, or leave out policy and policy_alone")
+                          fix=f"give --policy FILE, or leave out {', '.join(POLICY_SYSTEMS)}")
     apps, gpus, gpu_type = list(config.apps), config.gpus, config.gpu_type
 
     def controller(proposer: Callable | None = None, version: str = "", safety_check: bool = True,
@@ -120,20 +170,26 @@ def build_systems(catalog: Catalog, config: EnvConfig, names: list[str], opts: S
         return Controller(catalog, gpu_type, apps, cluster_gpus, proposer=proposer, policy_version=version,
                           safety_check=safety_check, opts=opts, features=features)
 
-    def with_policy(policy: PolicyLike, safety_check: bool) -> SystemFactory:
-        def make(_peak: Mapping[str, float]) -> Decider:
-            policy.reset()
-            return controller(policy.proposer, policy.version, safety_check)
+    def with_policy(policy: PolicyLike, safety_check: bool = True,
+                    actor: Callable[[int], Actor] | None = None) -> SystemFactory:
+        def make(_peak: Mapping[str, float], seed: int) -> Decider:
+            proposer = policy.with_actor(actor(seed)) if actor is not None else policy
+            proposer.reset()
+            return controller(proposer.proposer, proposer.version, safety_check)
         return make
 
     greedy = Greedy(catalog, gpu_type, apps, gpus, opts) if "greedy" in names else None  # stateless: shared
+    sticky = sticky_options(opts) if "ilp_sticky" in names else opts
     factories: dict[str, SystemFactory] = {
-        "ilp": lambda _peak: controller(),
-        "static_peak": lambda peak: StaticPeak(catalog, gpu_type, gpus, peak, opts),
-        "greedy": lambda _peak: controller(greedy, "greedy", safety_check=False),
-        **{name: (lambda _peak, f=f: controller(features=f, cluster_gpus=gpus * ABLATION_GPU_FACTOR))
+        "ilp": lambda _peak, _seed: controller(),
+        "ilp_sticky": lambda _peak, _seed: Controller(catalog, gpu_type, apps, gpus, opts=sticky),
+        "static_peak": lambda peak, _seed: StaticPeak(catalog, gpu_type, gpus, peak, opts),
+        "greedy": lambda _peak, _seed: controller(greedy, "greedy", safety_check=False),
+        **{name: (lambda _peak, _seed, f=f: controller(features=f, cluster_gpus=gpus * ABLATION_GPU_FACTOR))
            for name, f in ABLATIONS.items()},
     }
     if policy is not None:  # one policy object serves both: the evaluation runs systems one after another
-        factories |= {"policy": with_policy(policy, True), "policy_alone": with_policy(policy, False)}
+        factories |= {"policy": with_policy(policy), "policy_alone": with_policy(policy, False),
+                      "zero_actor": with_policy(policy, actor=lambda _seed: ZeroActor()),
+                      "random_actor": with_policy(policy, actor=RandomActor)}
     return {n: factories[n] for n in names}

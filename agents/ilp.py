@@ -195,7 +195,11 @@ def _build(gpu: GpuType, blocks: list[AppBlock], gpus: int | None, opts: SolverO
             if objective == "plan":
                 cost[y] = -c.log_accuracy * 0.1 / accuracy_scale
                 if current and (b.app.name, c.task) in current:
-                    cost[y0 + current[(b.app.name, c.task)]] -= 1e-4 / len(ys)
+                    now = current[(b.app.name, c.task)]
+                    cost[y0 + now] -= 1e-4 / len(ys)
+                    if opts.change_penalty:  # keeping the workers' kind saves their start-up: worth that many slices
+                        same = (c.variant == c.variant[now]) & (c.segment == c.segment[now])
+                        cost[y[same]] -= opts.change_penalty
         index = {c.task: i for i, c in enumerate(b.cands)}
         for path in b.app.paths():
             cols = np.concatenate([np.arange(ys[index[t]], ys[index[t]] + len(b.cands[index[t]].p95_ms)) for t in path])

@@ -158,8 +158,9 @@ def export_actor(model: Any) -> ActorWeights:
 class Policy:
     """A trained policy bound to a catalog: proposes plans from measured demand (``proposer``)."""
 
-    def __init__(self, actor: ActorWeights, env_config: EnvConfig, catalog: Catalog, version: str) -> None:
-        self.actor, self.env_config, self.version = actor, env_config, version
+    def __init__(self, actor: Any, env_config: EnvConfig, catalog: Catalog, version: str) -> None:
+        """:param actor: what maps an observation and its action mask to an action (``ActorWeights.act``)"""
+        self.actor, self.env_config, self.version, self.catalog = actor, env_config, version, catalog
         self.space = DecisionSpace(catalog, env_config.gpu_type, list(env_config.apps), env_config.gpus)
         self.levels: Levels | None = None
         self.decoded: Any = None
@@ -167,6 +168,10 @@ class Policy:
 
     def reset(self) -> None:
         self.levels = self.decoded = self.proposed = None
+
+    def with_actor(self, actor: Any) -> Policy:
+        """This policy's proposer with another actor (the ablations of ``jigsaw.agents.baselines``)."""
+        return Policy(actor, self.env_config, self.catalog, f"{self.version} with {type(actor).__name__}")
 
     def check_serves(self, apps: tuple[str, ...], gpus: int, gpu_type: str, source: str) -> None:
         """Refuse a cluster other than the one the policy was trained for (its observation and actions are

@@ -57,6 +57,7 @@ class SolverOptions:
     latency_allowance: float = LATENCY_ALLOWANCE  # budget covers allowance x p95 (queueing slack)
     time_limit_s: float = 20.0  # hard wall-clock bound on one solve
     mip_gap: float = 1e-4  # relative gap at which HiGHS may stop
+    change_penalty: float = 0.0  # slices charged per task whose worker kind (variant, segment) the plan changes
 
     def __post_init__(self) -> None:
         """Refuse values no solve can use: nan, <= 0, or beyond what is sane (a time limit of 1e10 s aborted the
@@ -68,6 +69,9 @@ class SolverOptions:
             if not 0 < value <= high:  # also refuses nan
                 raise SolverError(f"{name} {value:g} is out of range", field=flag,
                                   fix=f"give a number > 0 and <= {high:g}")
+        if not 0 <= self.change_penalty <= MAX_HEADROOM * 1000:  # also refuses nan
+            raise SolverError(f"change penalty {self.change_penalty:g} is out of range", field="change_penalty",
+                              fix="give slices >= 0, e.g. 2")
         if not 0 <= self.mip_gap < 1:
             raise SolverError(f"gap {self.mip_gap:g} is out of range", field="--gap",
                               fix="give a number in [0, 1), e.g. 1e-4")

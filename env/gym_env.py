@@ -10,7 +10,15 @@ request). With ``polish``, each step's plan is then polished as the controller's
 proposals (``DecisionSpace.polish``), so that a policy trains on the plans it will propose; steps cost up to 9x
 as much under random actions (0.3 -> 2.8 ms a step, 2026-12-02), which start far from any local optimum.
 
-Reward = -slices / cluster slices - alpha * violation - beta * accuracy shortfall - gamma * repartitions / GPUs
+Plan changes take time (``jigsaw.env.transitions``): each step's plan is applied to the plan in force as the
+reconciler applies it, and the change still under way, with its completion time, carries to the next step (a
+decision made during a change waits; one still under way at the interval's end keeps the step's decision
+waiting). In ``perf`` mode each trace bin is judged with the workers serving at its middle; in ``sim`` mode the
+interval is simulated over them (``simulate_spans``, from empty queues: with early drops a queue holds at most
+one SLO of work). ``info`` says whether workers changed and how long a change was under way (``changing_s``).
+
+Reward = -slices held / cluster slices (time-weighted: during a change the old and the starting workers'
+slices) - alpha * violation - beta * accuracy shortfall - gamma * repartitions / GPUs
 - delta * refused, with violation the demand-weighted share of requests over the latency SLO, shortfall the mean
 over apps of max(0, SLO - worst path accuracy) / SLO, repartitions the MIG instances created or destroyed, and
 refused 1 for a plan the controller's check would hand to the ILP (``info["unsafe"]``: capacity under the
@@ -30,16 +38,18 @@ Registered as ``jigsaw/JigsawServe-v0`` on import of ``jigsaw.env`` (idempotent)
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import operator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 
-from jigsaw.env.sim import simulate_trace
+from jigsaw.env.plan import Plan
+from jigsaw.env.sim import simulate_spans
 from jigsaw.env.space import (
     ACTION_NVEC,
     BUDGET_LEVELS,
@@ -47,14 +57,17 @@ from jigsaw.env.space import (
     OBS_HIGH,
     PROVISION_LEVELS,
     DecisionSpace,
+    Decoded,
     Levels,
     forecast_rps,
 )
 from jigsaw.env.traces import DEFAULT_TRACE_DIR, H100_APPS, Trace, load_trace
+from jigsaw.env.transitions import Span, change
 from jigsaw.profiles.catalog import Catalog, load_catalog
 from jigsaw.profiles.errors import ConfigError
 
-DEFAULT_TRACES = tuple(str(DEFAULT_TRACE_DIR / f) for f in ("diurnal_3apps.csv", "bursty_3apps.csv", "spikes_3apps.csv"))
+DEFAULT_TRACES = tuple(str(DEFAULT_TRACE_DIR / f) for f in ("diurnal_3apps.csv", "bursty_3apps.csv", "spikes_3apps.csv",
+                                                             "azure_code_3apps.csv"))
 
 
 @dataclass(frozen=True)
@@ -173,6 +186,12 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
         # cheaper in env.perf): its steps see [n_apps] demands and the bin share 1
         self._step_demand = [d[:, 0] if d.shape[1] == 1 else d for d in self.demand]
         self._bin_share = [_shares(d.sum(axis=2)) for d in self.demand]
+        times = self.catalog.transitions_for(cfg.gpu_type)
+        self._repartition_s = times.repartition_s
+        self._startup = np.zeros(self.space.accuracy.shape)  # [n_tasks, variants] start-up s of a new worker
+        for i, (a, t) in enumerate(self.space.tasks):
+            for v, variant in enumerate(self.catalog.app(a).task(t).variants):
+                self._startup[i, v] = times.startup(variant.name)
         self._trace = self._t = self._end = 0
         self._levels = self.space.initial()
         self._decoded = self.space.decode(self._levels, np.zeros(n_apps))
@@ -224,6 +243,10 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
             start = self.space.repair(start, proposed, self._forecast())[0]
         self._levels, self._decoded, _ = self.space.repair(start, start, self._forecast())
         self._metrics = self.space.evaluate(self._decoded, self._forecast())
+        self._serving = self._decoded  # in force, warm, at the episode's start
+        self._serving_plan = self.space.plan(self._levels, self._decoded) if self.config.mode == "sim" else None
+        self._transit: _Piece | None = None  # the old workers serving while a change is under way
+        self._ready_s = self._t * self.config.interval_s  # when the change to the plan in force completes
         return self._observation(), {}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
@@ -235,30 +258,98 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
         if cfg.polish:
             self._levels, self._decoded = space.polish(self._levels, self._decoded, self._forecast())
         d = self._decoded
+        t0 = self._t * cfg.interval_s
+        pieces, changed = self._apply(d, t0)
+        rows = self._step_demand[self._trace][self._t]
         if cfg.mode == "perf":  # one row per trace bin of the interval
-            metrics = space.evaluate(d, self._step_demand[self._trace][self._t])
-            violation = float(np.dot(metrics.violation, self._bin_share[self._trace][self._t]))
+            metrics = space.evaluate(d, rows)
+            violation = self._perf_violation(pieces, metrics, t0)
             self._metrics = _last(metrics) if metrics.violation.ndim else metrics
         else:
             metrics = None
-            start = float(self.traces[self._trace].times_s[0]) + self._t * cfg.interval_s
-            self._metrics = simulate_trace(self.catalog, space.plan(self._levels, d), self.traces[self._trace],
-                                           start, start + cfg.interval_s,
-                                           seed=cfg.seed_offset + int(self.np_random.integers(2**31)))
-            violation = float(self._metrics.violation)
+            violation = self._sim_violation(pieces, t0)
+            self._metrics = space.evaluate(d, rows[-1] if rows.ndim > 1 else rows)
         unsafe = d.overloaded or bool(((metrics or self._metrics).path_p95_ms > space.path_slo_ms).any())
         shortfall = space.accuracy_shortfall(self._metrics.path_accuracy)
         repartitions = sum(map(abs, map(operator.sub, d.counts, previous.counts)))
-        reward = (-d.slices / space.total_slices - cfg.violation_weight * violation
+        held = _time_weighted([(p.start_s, p.held_slices) for p in pieces], t0, t0 + cfg.interval_s)
+        reward = (-held / space.total_slices - cfg.violation_weight * violation
                   - cfg.accuracy_weight * shortfall - cfg.repartition_weight * repartitions / cfg.gpus
                   - cfg.fallback_weight * unsafe)
         full = metrics or self._metrics
-        info = {"metrics": dict(vars(full)), "violation": violation, "slices": d.slices, "gpus": d.gpus,
-                "accuracy": float(self._metrics.path_accuracy.sum()) / len(space.path_app), "accuracy_shortfall": shortfall,
-                "repartitions": repartitions, "repairs": repairs, "unsafe": unsafe, "overloaded": d.overloaded,
+        info = {"metrics": dict(vars(full)), "violation": violation, "slices": d.slices, "held_slices": held,
+                "gpus": d.gpus, "accuracy": float(self._metrics.path_accuracy.sum()) / len(space.path_app),
+                "accuracy_shortfall": shortfall, "repartitions": repartitions, "repairs": repairs, "unsafe": unsafe,
+                "overloaded": d.overloaded, "workers_changed": changed,
+                "changing_s": _time_weighted([(p.start_s, float(p.transit)) for p in pieces], t0,
+                                             t0 + cfg.interval_s) * cfg.interval_s,
                 "demand_rps": self.interval_demand[self._trace][self._t]}
         self._t += 1
         return self._observation(), float(reward), False, self._t >= self._end, info
+
+    def _apply(self, d: Decoded, t0: float) -> tuple[list[_Piece], bool]:
+        """Apply ``d`` at ``t0`` as the reconciler would (``jigsaw.env.transitions``): the pieces of the interval
+        (from when, which workers serve) and whether workers change. A change still under way at the interval's
+        end keeps the decision waiting (the next step decides again)."""
+        cfg, space = self.config, self.space
+        t1 = t0 + cfg.interval_s
+        pieces = [] if self._transit is None or self._ready_s <= t0 else [self._transit]
+        if not pieces or self._ready_s >= t1:
+            pieces.append(_Piece(t0 if not pieces else self._ready_s, self._serving, self._serving.slices,
+                                 plan=self._serving_plan))
+        if self._ready_s >= t1:
+            return pieces, False
+        at = max(t0, self._ready_s)
+        old, new = space.fleet(self._serving), space.fleet(d)
+        startup = self._startup[np.arange(space.n_tasks), space.c_variant[d.config]]
+        c = change(old, new, startup, self._repartition_s, space.profile_slices, space.total_slices)
+        pieces = [p for p in pieces if p.start_s < at]
+        self._transit = None
+        if c.delay_s > 0:
+            self._transit = _Piece(at, replace(self._serving, replicas=c.serving),
+                                   self._serving.slices - float(c.stopped_early @ old.slices)
+                                   + float(c.started @ new.slices), transit=True, plan=self._serving_plan)
+            pieces.append(self._transit)
+        self._serving, self._ready_s = d, at + c.delay_s
+        self._serving_plan = space.plan(self._levels, d) if cfg.mode == "sim" else None
+        pieces.append(_Piece(self._ready_s, d, d.slices, plan=self._serving_plan))
+        return pieces, c.workers_changed
+
+    def _bin_times(self, t0: float) -> np.ndarray:
+        n = np.atleast_2d(self._step_demand[self._trace][self._t]).shape[0]
+        return t0 + (np.arange(n) + 0.5) / n * self.config.interval_s
+
+    def _perf_violation(self, pieces: list[_Piece], target: Any, t0: float) -> float:
+        """The demand-weighted violation over the interval's bins, each judged with the workers serving then."""
+        share = self._bin_share[self._trace][self._t]
+        if len(pieces) == 1 and pieces[0].decoded is self._decoded:
+            return float(np.dot(target.violation, share))
+        rows = np.atleast_2d(self._step_demand[self._trace][self._t])
+        share = np.atleast_1d(share)
+        which = np.searchsorted([p.start_s for p in pieces], self._bin_times(t0), side="right") - 1
+        per_bin = np.atleast_1d(target.violation).astype(float).copy()
+        for i, piece in enumerate(pieces):
+            on = which == i
+            if on.any() and piece.decoded is not self._decoded:
+                per_bin[on] = _violation(self.space, piece.decoded, rows[on])
+        return float(per_bin @ share)
+
+    def _sim_violation(self, pieces: list[_Piece], t0: float) -> float:
+        """The violated share of the interval's requests, simulated (``simulate_spans``) from empty queues."""
+        cfg = self.config
+        trace = self.traces[self._trace]
+        start = float(trace.times_s[0]) + t0
+        rng = np.random.default_rng(cfg.seed_offset + int(self.np_random.integers(2**31)))
+        times, app = trace.arrivals(rng, start, start + cfg.interval_s)
+        to_cfg = np.array([cfg.apps.index(a) if a in cfg.apps else -1 for a in trace.apps], dtype=np.int64)
+        mapped = to_cfg[app] if app.size else app
+        keep = mapped >= 0
+        plans = [p.plan for p in pieces if p.plan is not None]
+        spans = [Span(start + max(0.0, p.start_s - t0), i, p.decoded.replicas, p.transit) for i, p in enumerate(pieces)]
+        outcomes = simulate_spans(self.catalog, plans, spans, times[keep], mapped[keep], cfg.apps,
+                                  int(rng.integers(2**31)), start + cfg.interval_s)
+        requests = sum(v.size for _, v in outcomes)
+        return float(sum(int(v.sum()) for _, v in outcomes) / requests) if requests else 0.0
 
     def action_masks(self) -> np.ndarray:
         """Flat [n_tasks * 11] booleans for MaskablePPO (see ``DecisionSpace.masks``)."""
@@ -272,6 +363,39 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
     def _observation(self) -> np.ndarray:
         return self.space.observation(self._levels, self._decoded, self._metrics,
                                       self._demand_features[self._trace][self._t])
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """From ``start_s`` on (interval time), the workers of ``decoded`` serve, holding ``held_slices``."""
+
+    start_s: float
+    decoded: Decoded
+    held_slices: float
+    transit: bool = False  # the old workers of a change under way
+    plan: Plan | None = None  # sim mode: ``decoded`` as a plan
+
+
+def _time_weighted(steps: list[tuple[float, float]], t0: float, t1: float) -> float:
+    """The mean over [t0, t1) of the step function that is ``value`` from ``start`` on."""
+    total = 0.0
+    for (a, value), (b, _) in itertools.pairwise([*steps, (math.inf, 0.0)]):
+        total += value * max(0.0, min(b, t1) - max(a, t0))
+    return total / (t1 - t0)
+
+
+def _violation(space: DecisionSpace, d: Decoded, rows: np.ndarray) -> np.ndarray:
+    """Per demand row, the demand-weighted violation of ``d``; an app with a task without workers violates all its
+    requests (``jigsaw.env.perf`` needs a replica per task)."""
+    empty = d.replicas == 0
+    if not empty.any():
+        return np.atleast_1d(space.evaluate(d, rows).violation)
+    m = space.evaluate(replace(d, replicas=np.maximum(d.replicas, 1)), rows)
+    dead = np.zeros(len(space.apps), dtype=bool)
+    dead[space.task_app[empty]] = True
+    violated = np.where(dead, rows, m.app_violated_rps).sum(axis=-1)
+    total = rows.sum(axis=-1)
+    return np.where(total > 0, violated / np.where(total > 0, total, 1.0), 0.0)
 
 
 def _from_history(per_window: np.ndarray) -> np.ndarray:

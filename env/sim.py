@@ -27,6 +27,11 @@ The model, per task t of app a (the plan's variant, batch b_t, replicas n_t and 
   service time of t plus the longest chain of minimum service times below t. An item is dropped on arrival at t
   if arrival + rem_t > deadline, and at the head of its queue when the batch it would join starts too late
   (start + rem_t > deadline): it can no longer make it. A request with any dropped item is violated.
+* Spans. ``simulate_spans`` runs a whole trace segment at once over the workers in force through time
+  (``jigsaw.env.transitions.schedule``): an item goes to the workers of the span it arrives in (round-robin
+  among them; a task without workers drops it), with that span's configuration; a worker kept from one span to
+  the next (same kind) keeps its queue, and a worker that leaves finishes the items it was given. Early drop
+  uses the span's chain of minimum service times. ``simulate`` is one span from empty queues.
 * Outputs. A path's latency for a request is the last completion of its items on the path's tasks minus its
   arrival; the app's latency the last over all its tasks. A request violates a path (the app) if one of its
   items on the path (in the app) was dropped or its latency exceeds the SLO. p95s are over requests that were
@@ -45,6 +50,7 @@ import numpy as np
 from jigsaw.env.perf import BATCH_TIMEOUT_SHARE, CompiledPlan, compile_plan
 from jigsaw.env.plan import Plan
 from jigsaw.env.traces import Trace
+from jigsaw.env.transitions import Span, task_order
 from jigsaw.profiles.catalog import Catalog
 
 N_BINS = 40  # histogram bins per app over [0, 2 SLO]
@@ -116,17 +122,15 @@ def bucket_factors(catalog: Catalog, plan: Plan, compiled: CompiledPlan) -> list
 
 
 def _replica(a: list[float], dl: list[float], rem: float, b: int, tau: float, svc: list[float],
-             fac: list[float]) -> tuple[list[int], list[int], list[float], list[float], list[int]]:
-    """One FIFO batching server over its items (arrival times ``a`` sorted, deadlines ``dl``). Returns per batch
-    (first item, size, start, end) and the items dropped at the head of the queue. A batch of k takes
-    ``svc[batch number] * fac[k]``."""
+             fac: list[float], free: float) -> tuple[list[int], list[int], list[float], list[float], float]:
+    """One FIFO batching server over its items (arrival times ``a`` sorted, deadlines ``dl``), free from ``free`` on.
+    Returns per batch (first item, size, start, end) and when it is free again. A batch of k takes
+    ``svc[batch number] * fac[k]``; items never batched were dropped at the head of the queue."""
     n = len(a)
     firsts: list[int] = []
     sizes: list[int] = []
     starts: list[float] = []
     ends: list[float] = []
-    drops: list[int] = []
-    free = -math.inf
     i = 0
     nb = 0
     while i < n:
@@ -137,7 +141,6 @@ def _replica(a: list[float], dl: list[float], rem: float, b: int, tau: float, sv
         if free > s:
             s = free
         if s + rem > dl[i]:  # the oldest item can no longer make its deadline
-            drops.append(i)
             i += 1
             continue
         hi = i + b
@@ -150,22 +153,20 @@ def _replica(a: list[float], dl: list[float], rem: float, b: int, tau: float, sv
         ends.append(e)
         free = e
         i += k
-    return firsts, sizes, starts, ends, drops
+    return firsts, sizes, starts, ends, free
 
 
-def _serve(arr: np.ndarray, dl: np.ndarray, rem: float, b: int, tau: float, n_rep: int,
-           svc: np.ndarray, fac: list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, int, int]:
-    """All replicas of one task, items sorted by arrival. Returns per item (start, end, dropped) (start/end nan
-    where dropped), busy time, batches, largest batch."""
-    n = arr.size
-    start = np.full(n, np.nan)
-    end = np.full(n, np.nan)
-    dropped = np.ones(n, dtype=bool)
+def _serve(arr: np.ndarray, dl: np.ndarray, rem: float, b: int, tau: float, free: np.ndarray,
+           svc: np.ndarray, fac: list[float], start: np.ndarray, end: np.ndarray, dropped: np.ndarray
+           ) -> tuple[float, int, int]:
+    """Items sorted by arrival, dealt round-robin to the replicas whose free times are ``free`` (updated); writes
+    per item start, end and dropped (left True where dropped) into the given arrays. Returns busy time, batches,
+    largest batch."""
+    n_rep = free.size
     busy, n_batches, max_b = 0.0, 0, 0
-    for r in range(min(n_rep, n)):
-        sub_a, sub_dl = arr[r::n_rep], dl[r::n_rep]
-        firsts, sizes, starts, ends, _ = _replica(sub_a.tolist(), sub_dl.tolist(), rem, b, tau,
-                                                  svc[r::n_rep].tolist(), fac)
+    for r in range(min(n_rep, arr.size)):
+        firsts, sizes, starts, ends, free[r] = _replica(arr[r::n_rep].tolist(), dl[r::n_rep].tolist(), rem, b, tau,
+                                                        svc[r::n_rep].tolist(), fac, float(free[r]))
         if not firsts:
             continue
         f = np.asarray(firsts, dtype=np.int64)
@@ -180,56 +181,77 @@ def _serve(arr: np.ndarray, dl: np.ndarray, rem: float, b: int, tau: float, n_re
         busy += float((en - st).sum())
         n_batches += len(firsts)
         max_b = max(max_b, int(k.max()))
-    return start, end, dropped, busy, n_batches, max_b
+    return busy, n_batches, max_b
 
 
-def simulate(compiled: CompiledPlan, catalog: Catalog, plan: Plan, arrivals_s: np.ndarray, app_index: np.ndarray,
-             seed: int, horizon_s: float | None = None) -> SimMetrics:
-    """Simulate ``plan`` (compiled as ``compiled``) serving requests arriving at ``arrivals_s`` (seconds) for the
-    apps ``app_index`` (into ``compiled.app_names``). Deterministic given ``seed``.
+@dataclass(frozen=True)
+class _Served:
+    """What one run of the simulator measured, before it is summed up (per app, per request; per task)."""
 
-    :param horizon_s: the time the arrivals span, for utilisation and rates (default: last - first arrival).
-    """
-    c = compiled
-    arr_s = np.asarray(arrivals_s, dtype=float)
-    apps_of = np.asarray(app_index, dtype=np.int64)
-    if arr_s.shape != apps_of.shape or arr_s.ndim != 1:
-        raise ValueError("arrivals_s and app_index must be 1-D arrays of the same length")
-    if apps_of.size and (apps_of.min() < 0 or apps_of.max() >= c.n_apps):
-        raise ValueError(f"app_index must lie in [0, {c.n_apps})")
-    if horizon_s is None:
-        horizon_s = float(arr_s.max() - arr_s.min()) if arr_s.size > 1 else 0.0
-    horizon = max(float(horizon_s), 1e-9)
-    rng = np.random.default_rng(seed)
-    scale, sigma, min_ms = service_params(c)
-    tau = BATCH_TIMEOUT_SHARE * np.maximum(0.0, c.budget_ms - c.p95_ms)
-    factors = bucket_factors(catalog, plan, c)
-    index = {k: i for i, k in enumerate(c.task_keys)}
-    n_tasks, n_apps = len(c.task_keys), c.n_apps
-    util = np.zeros(n_tasks)
-    items_n = np.zeros(n_tasks, dtype=np.int64)
-    items_drop = np.zeros(n_tasks, dtype=np.int64)
-    batches = np.zeros(n_tasks, dtype=np.int64)
-    max_batch = np.zeros(n_tasks, dtype=np.int64)
-    mean_batch = np.full(n_tasks, np.nan)
-    mean_wait = np.full(n_tasks, np.nan)
-    task_end: list[np.ndarray] = [np.empty(0)] * n_tasks  # per task, per request of its app: last completion
+    req_arrival: list[np.ndarray]  # [n_apps] ms, sorted
+    task_end: list[np.ndarray]  # [n_tasks] per request of the task's app: its last completion there (-inf: none)
+    task_drop: list[np.ndarray]  # [n_tasks] per request of the task's app: an item dropped there
+    busy_ms: np.ndarray
+    replica_ms: np.ndarray  # replicas x time in force, ms
+    items: np.ndarray
+    items_dropped: np.ndarray
+    batches: np.ndarray
+    max_batch: np.ndarray
+    mean_batch: np.ndarray
+    mean_wait_ms: np.ndarray
+
+
+@dataclass(frozen=True)
+class _PlanTables:
+    """One decision's plan, as the simulator reads it per task."""
+
+    plan: Plan
+    index: dict[tuple[str, str], int]  # (app, task) -> its row
+    batch: np.ndarray
+    scale: np.ndarray
+    sigma: np.ndarray
+    min_ms: np.ndarray
+    tau: np.ndarray
+    factors: list[list[float]]
+
+    @classmethod
+    def of(cls, catalog: Catalog, plan: Plan, compiled: CompiledPlan) -> _PlanTables:
+        scale, sigma, min_ms = service_params(compiled)
+        return cls(plan, {k: i for i, k in enumerate(compiled.task_keys)}, compiled.batch, scale, sigma, min_ms,
+                   BATCH_TIMEOUT_SHARE * np.maximum(0.0, compiled.budget_ms - compiled.p95_ms),
+                   bucket_factors(catalog, plan, compiled))
+
+
+def _run(catalog: Catalog, task_keys: tuple[tuple[str, str], ...], app_names: tuple[str, ...],
+         tables: list[_PlanTables], spans: list[Span], kinds: np.ndarray, arr_s: np.ndarray, apps_of: np.ndarray,
+         rng: np.random.Generator, end_ms: float) -> _Served:
+    """Serve the arrivals with the workers of ``spans`` (``kinds[span, task]``: equal kinds carry their replicas'
+    queues from one span to the next), task by task in topological order (see the module docstring)."""
+    index = {k: i for i, k in enumerate(task_keys)}
+    n_tasks = len(task_keys)
+    span_ms = np.array([1000.0 * s.start_s for s in spans])
+    span_end = np.append(span_ms[1:], max(end_ms, span_ms[-1]))
+    busy, replica_ms = np.zeros(n_tasks), np.zeros(n_tasks)
+    items_n, items_drop = np.zeros(n_tasks, dtype=np.int64), np.zeros(n_tasks, dtype=np.int64)
+    batches, max_batch = np.zeros(n_tasks, dtype=np.int64), np.zeros(n_tasks, dtype=np.int64)
+    mean_batch, mean_wait = np.full(n_tasks, np.nan), np.full(n_tasks, np.nan)
+    task_end: list[np.ndarray] = [np.empty(0)] * n_tasks
     task_drop: list[np.ndarray] = [np.empty(0, dtype=bool)] * n_tasks
     req_arr: list[np.ndarray] = []
-    slo = np.zeros(n_apps)
-    for ai, name in enumerate(c.app_names):
+    for ai, name in enumerate(app_names):
         app = catalog.apps[name]
-        slo[ai] = app.latency_slo_ms
-        configs = plan.apps[name]
-        ra = arr_s[apps_of == ai] * 1000.0  # sorted if the input is
-        ra = np.sort(ra)
+        slo = app.latency_slo_ms
+        ra = np.sort(arr_s[apps_of == ai] * 1000.0)
         req_arr.append(ra)
         n_req = ra.size
         children = {t: [v for (u, v) in app.edges if u == t] for t in app.task_names}
-        rem: dict[str, float] = {}
-        for t in reversed(app.topological_order):
-            rem[t] = float(min_ms[index[(name, t)]]) + max((rem[v] for v in children[t]), default=0.0)
-        done: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # task -> (completion, request) of served items
+        # per span, the chain of minimum service times from each task on (early drop), and each edge's fan-out
+        rem = [dict[str, float]() for _ in tables]
+        for k, tab in enumerate(tables):
+            for t in reversed(app.topological_order):
+                rem[k][t] = float(tab.min_ms[tab.index[(name, t)]]) + max((rem[k][v] for v in children[t]),
+                                                                          default=0.0)
+        done: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # task -> (completion, request, span)
         for t in app.topological_order:
             ti = index[(name, t)]
             parents = [u for (u, v) in app.edges if v == t]
@@ -238,23 +260,46 @@ def simulate(compiled: CompiledPlan, catalog: Catalog, plan: Plan, arrivals_s: n
             else:
                 parts_a, parts_r = [], []
                 for u in parents:
-                    comp_u, req_u = done[u]
-                    f = app.fanout(u, t, configs[u].variant)
-                    k = math.floor(f) + (rng.random(comp_u.size) < f - math.floor(f))
+                    comp_u, req_u, span_u = done[u]
+                    fan = np.array([app.fanout(u, t, tab.plan.apps[name][u].variant) for tab in tables])
+                    f = fan[np.array([spans[j].source for j in range(len(spans))], dtype=np.int64)][span_u]
+                    k = np.floor(f).astype(np.int64) + (rng.random(comp_u.size) < f - np.floor(f))
                     parts_a.append(np.repeat(comp_u, k))
                     parts_r.append(np.repeat(req_u, k))
                 item_arr, item_req = np.concatenate(parts_a), np.concatenate(parts_r)
                 order = np.argsort(item_arr, kind="stable")
                 item_arr, item_req = item_arr[order], item_req[order]
-            deadline = ra[item_req] + slo[ai]
-            late = item_arr + rem[t] > deadline  # cannot make it even if served at once: dropped on arrival
-            q_arr, q_req, q_dl = item_arr[~late], item_req[~late], deadline[~late]
+            deadline = ra[item_req] + slo
+            span_of = np.searchsorted(span_ms, item_arr, side="right") - 1
+            np.maximum(span_of, 0, out=span_of)
+            rem_t = np.array([rem[s.source][t] for s in spans])
+            late = item_arr + rem_t[span_of] > deadline  # cannot make it even if served at once: dropped on arrival
+            q_arr, q_req, q_dl, q_span = item_arr[~late], item_req[~late], deadline[~late], span_of[~late]
             z = np.maximum(rng.standard_normal(q_arr.size), -_Z_CLIP)
-            svc = scale[ti] * np.exp(sigma[ti] * z)
-            start, end, dropped, busy, nb, mb = _serve(q_arr, q_dl, rem[t], int(c.batch[ti]), float(tau[ti]),
-                                                       int(c.replicas[ti]), svc, factors[ti])
+            start, end = np.full(q_arr.size, np.nan), np.full(q_arr.size, np.nan)
+            dropped = np.ones(q_arr.size, dtype=bool)
+            cuts = np.searchsorted(q_span, np.arange(len(spans) + 1))
+            free = np.empty(0)
+            nb = mb = 0
+            for j, span in enumerate(spans):
+                tab = tables[span.source]
+                row = tab.index[(name, t)]
+                n_rep = int(span.replicas[ti])
+                carried = free[:n_rep] if j and kinds[j, ti] == kinds[j - 1, ti] else np.empty(0)
+                free = np.concatenate([carried, np.full(n_rep - carried.size, span_ms[j])])
+                replica_ms[ti] += n_rep * (span_end[j] - span_ms[j])
+                lo, hi = cuts[j], cuts[j + 1]
+                if hi == lo or n_rep == 0:
+                    continue
+                b, sl = int(tab.batch[row]), slice(lo, hi)
+                busy_j, nb_j, mb_j = _serve(q_arr[sl], q_dl[sl], rem[span.source][t], b, float(tab.tau[row]), free,
+                                            tab.scale[row] * np.exp(tab.sigma[row] * z[sl]), tab.factors[row],
+                                            start[sl], end[sl], dropped[sl])
+                busy[ti] += busy_j
+                nb += nb_j
+                mb = max(mb, mb_j)
             served = ~dropped
-            done[t] = (end[served], q_req[served])
+            done[t] = (end[served], q_req[served], q_span[served])
             tend = np.full(n_req, -np.inf)
             np.maximum.at(tend, q_req[served], end[served])
             tdrop = np.zeros(n_req, dtype=bool)
@@ -263,56 +308,93 @@ def simulate(compiled: CompiledPlan, catalog: Catalog, plan: Plan, arrivals_s: n
             task_end[ti], task_drop[ti] = tend, tdrop
             items_n[ti] = item_arr.size
             items_drop[ti] = int(late.sum()) + int(dropped.sum())
-            util[ti] = busy / (horizon * 1000.0 * c.replicas[ti])
             batches[ti], max_batch[ti] = nb, mb
             if nb:
                 mean_batch[ti] = served.sum() / nb
                 mean_wait[ti] = float((start[served] - q_arr[served]).mean())
-    # paths and apps
+    return _Served(req_arr, task_end, task_drop, busy, replica_ms, items_n, items_drop, batches, max_batch,
+                   mean_batch, mean_wait)
+
+
+def _outcomes(served: _Served, task_app: np.ndarray, app: int, slo_ms: float,
+              tasks: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per request of app ``app``: latency (ms), dropped, violated, over ``tasks`` (default: all of the app's)."""
+    ra = served.req_arrival[app]
+    tids = tasks if tasks is not None else [i for i in range(task_app.size) if task_app[i] == app]
+    end = np.max([served.task_end[i] for i in tids], axis=0)
+    drop = np.any([served.task_drop[i] for i in tids], axis=0)
+    lat = end - ra
+    return lat, drop, drop | (lat > slo_ms)
+
+
+def simulate(compiled: CompiledPlan, catalog: Catalog, plan: Plan, arrivals_s: np.ndarray, app_index: np.ndarray,
+             seed: int, horizon_s: float | None = None) -> SimMetrics:
+    """Simulate ``plan`` (compiled as ``compiled``) serving requests arriving at ``arrivals_s`` (seconds) for the
+    apps ``app_index`` (into ``compiled.app_names``), from empty queues. Deterministic given ``seed``.
+
+    :param horizon_s: the time the arrivals span, for utilisation and rates (default: last - first arrival).
+    """
+    c = compiled
+    arr_s, apps_of = _checked(arrivals_s, app_index, c.n_apps)
+    if horizon_s is None:
+        horizon_s = float(arr_s.max() - arr_s.min()) if arr_s.size > 1 else 0.0
+    horizon = max(float(horizon_s), 1e-9)
+    first = float(arr_s.min()) if arr_s.size else 0.0
+    spans = [Span(first, 0, c.replicas, False)]
+    served = _run(catalog, c.task_keys, c.app_names, [_PlanTables.of(catalog, plan, c)], spans,
+                  np.zeros((1, len(c.task_keys)), dtype=np.int64), arr_s, apps_of, np.random.default_rng(seed),
+                  1000.0 * (first + horizon))
+    n_apps = c.n_apps
+    slo = np.array([catalog.apps[name].latency_slo_ms for name in c.app_names])
+    index = {k: i for i, k in enumerate(c.task_keys)}
     n_paths = len(c.path_keys)
     path_p95 = np.full(n_paths, np.nan)
     path_v = np.zeros(n_paths)
     for pi, (name, path) in enumerate(c.path_keys):
         ai = c.app_names.index(name)
-        ra = req_arr[ai]
-        if not ra.size:
+        if not served.req_arrival[ai].size:
             continue
-        tids = [index[(name, t)] for t in path]
-        end = np.max([task_end[i] for i in tids], axis=0)
-        drop = np.any([task_drop[i] for i in tids], axis=0)
-        lat = end - ra
-        path_v[pi] = float((drop | (lat > slo[ai])).mean())
+        lat, drop, violated = _outcomes(served, c.task_app, ai, slo[ai], [index[(name, t)] for t in path])
+        path_v[pi] = float(violated.mean())
         if (~drop).any():
             path_p95[pi] = float(np.percentile(lat[~drop], 95))
-    requests = np.array([r.size for r in req_arr], dtype=np.int64)
+    requests = np.array([r.size for r in served.req_arrival], dtype=np.int64)
     dropped_n = np.zeros(n_apps, dtype=np.int64)
     app_v = np.zeros(n_apps)
     app_p95 = np.full(n_apps, np.nan)
     hists = np.zeros((n_apps, N_BINS), dtype=np.int64)
     edges = np.stack([np.linspace(0.0, 2.0 * s, N_BINS + 1) for s in slo]) if n_apps else np.zeros((0, N_BINS + 1))
     for ai in range(n_apps):
-        ra = req_arr[ai]
-        if not ra.size:
+        if not requests[ai]:
             continue
-        tids = [i for i in range(n_tasks) if c.task_app[i] == ai]
-        end = np.max([task_end[i] for i in tids], axis=0)
-        drop = np.any([task_drop[i] for i in tids], axis=0)
-        lat = end - ra
+        lat, drop, violated = _outcomes(served, c.task_app, ai, slo[ai])
         dropped_n[ai] = int(drop.sum())
-        app_v[ai] = float((drop | (lat > slo[ai])).mean())
+        app_v[ai] = float(violated.mean())
         ok = lat[~drop]
         if ok.size:
             app_p95[ai] = float(np.percentile(ok, 95))
             hists[ai] = np.histogram(np.minimum(ok, edges[ai, -1]), bins=edges[ai])[0]
-    violated = app_v * requests
+    violated_n = app_v * requests
     total = int(requests.sum())
     return SimMetrics(
-        utilisation=util, path_p95_ms=path_p95, path_violation=path_v, app_violation=app_v,
-        app_violated_rps=violated / horizon, violation=float(violated.sum() / total) if total else 0.0,
+        utilisation=served.busy_ms / (horizon * 1000.0 * c.replicas), path_p95_ms=path_p95, path_violation=path_v,
+        app_violation=app_v, app_violated_rps=violated_n / horizon,
+        violation=float(violated_n.sum() / total) if total else 0.0,
         path_accuracy=np.array(c.path_accuracy), slices_used=float(c.slices_used), gpus_used=int(c.gpus_used),
         app_p95_ms=app_p95, histograms=hists, histogram_edges_ms=edges, requests=requests, dropped=dropped_n,
-        demand_rps=requests / horizon, items=items_n, items_dropped=items_drop, batches=batches,
-        max_batch=max_batch, mean_batch=mean_batch, mean_wait_ms=mean_wait, horizon_s=horizon)
+        demand_rps=requests / horizon, items=served.items, items_dropped=served.items_dropped,
+        batches=served.batches, max_batch=served.max_batch, mean_batch=served.mean_batch,
+        mean_wait_ms=served.mean_wait_ms, horizon_s=horizon)
+
+
+def _checked(arrivals_s: np.ndarray, app_index: np.ndarray, n_apps: int) -> tuple[np.ndarray, np.ndarray]:
+    arr_s = np.asarray(arrivals_s, dtype=float)
+    apps_of = np.asarray(app_index, dtype=np.int64)
+    if arr_s.shape != apps_of.shape or arr_s.ndim != 1:
+        raise ValueError("arrivals_s and app_index must be 1-D arrays of the same length")
+    if apps_of.size and (apps_of.min() < 0 or apps_of.max() >= n_apps):
+        raise ValueError(f"app_index must lie in [0, {n_apps})")
+    return arr_s, apps_of
 
 
 def simulate_trace(catalog: Catalog, plan: Plan, trace: Trace, start_s: float, end_s: float, seed: int) -> SimMetrics:
@@ -326,3 +408,26 @@ def simulate_trace(catalog: Catalog, plan: Plan, trace: Trace, start_s: float, e
     mapped = to_plan[app] if app.size else app
     keep = mapped >= 0
     return simulate(compiled, catalog, plan, times[keep], mapped[keep], seed + 1, horizon_s=end_s - start_s)
+
+
+def simulate_spans(catalog: Catalog, plans: list[Plan], spans: list[Span], arrivals_s: np.ndarray,
+                   app_index: np.ndarray, app_names: tuple[str, ...], seed: int, end_s: float
+                   ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One continuous simulation of the workers in force over time (``jigsaw.env.transitions.schedule``: span by
+    span, each task served by the span's replicas configured as in its decision's plan; queues carry over, and a
+    worker kept from one span to the next keeps its queue). Every plan serves ``app_names``; ``app_index`` indexes
+    them; the spans' replicas are in ``task_order(catalog, app_names)``. Returns per app (arrival times in s, sorted;
+    violated: dropped or over the SLO) of its requests."""
+    arr_s, apps_of = _checked(arrivals_s, app_index, len(app_names))
+    compiled = [compile_plan(catalog, p) for p in plans]
+    task_keys = task_order(catalog, app_names)
+    tables = [_PlanTables.of(catalog, p, c) for p, c in zip(plans, compiled, strict=True)]
+    kind_ids: dict[tuple[str, str, int], int] = {}
+    kinds = np.array([[kind_ids.setdefault((c.variant, c.segment, c.mps_workers), len(kind_ids))
+                       for c in (plans[s.source].apps[a][t] for a, t in task_keys)] for s in spans], dtype=np.int64)
+    served = _run(catalog, task_keys, app_names, tables, spans, kinds, arr_s, apps_of, np.random.default_rng(seed),
+                  1000.0 * end_s)
+    task_app = np.array([app_names.index(a) for a, _ in task_keys])
+    return [(served.req_arrival[ai] / 1000.0, _outcomes(served, task_app, ai, catalog.apps[name].latency_slo_ms)[2])
+            if served.req_arrival[ai].size else (np.empty(0), np.empty(0, dtype=bool))
+            for ai, name in enumerate(app_names)]

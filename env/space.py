@@ -66,6 +66,7 @@ from jigsaw.env.candidates import Features, SolverOptions, candidates
 from jigsaw.env.packing import Packer, greedy_gpus
 from jigsaw.env.perf import CompiledPlan, Metrics, compile_plan, config_table, evaluate_configs, service_rows, with_configs
 from jigsaw.env.plan import Plan, TaskConfig
+from jigsaw.env.transitions import Fleet
 from jigsaw.profiles.catalog import Catalog
 from jigsaw.profiles.errors import SolverError
 
@@ -468,6 +469,14 @@ class DecisionSpace:
             m = gpu.segments[s].mps_workers
             instances[gpu.segments[s].mig_profile.name] += [tuple(names[i:i + m]) for i in range(0, len(names), m)]
         return Plan(gpu.name, apps, self.packer.layout(instances))
+
+    def fleet(self, d: Decoded) -> Fleet:
+        """The decoded plan's workers, for ``jigsaw.env.transitions`` (a kind per (variant, segment type))."""
+        segment = self.c_segment[d.config]
+        share = 1.0 / self.seg_workers[segment]
+        profile = self.seg_profile[segment]
+        return Fleet(self.c_variant[d.config] * len(self.gpu.segments) + segment, d.replicas, profile, share,
+                     np.asarray(d.counts, dtype=np.int64), self.profile_slices[profile] * share)
 
     def levels_of(self, plan: Plan) -> Levels:
         """The levels nearest ``plan`` (one of these apps' on this GPU type, e.g. the ILP's): its variants, budget

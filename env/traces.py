@@ -524,10 +524,24 @@ def default_traces() -> dict[str, Trace]:
     }
 
 
+AZURE_CODE_TRACE = DEFAULT_TRACE_DIR / "azure-llm-2023" / "AzureLLMInferenceTrace_code.csv"
+
+
+def azure_3apps(bin_s: float = 10.0) -> Trace:
+    """The real Azure LLM code trace (57 min) as demand for the three H100 apps: its request rate per ``bin_s``,
+    rolled by a third of its length per app (app i starts i thirds in), so that every app sees the real
+    arrivals' burstiness and the apps' peaks do not coincide."""
+    one = load_azure_llm(AZURE_CODE_TRACE, H100_APPS[0], bin_s=bin_s)
+    rates = one.rates_rps[:, 0]
+    shift = len(rates) // len(H100_APPS)
+    return Trace(one.times_s, H100_APPS, np.stack([np.roll(rates, -i * shift) for i in range(len(H100_APPS))], axis=1),
+                 one.bin_s, f"azure_3apps({AZURE_CODE_TRACE.name})")
+
+
 def write_default_traces(directory: str | Path = DEFAULT_TRACE_DIR) -> list[Path]:
-    """Write ``default_traces()`` as CSV into ``directory``; returns the paths written."""
+    """Write ``default_traces()`` and ``azure_3apps()`` as CSV into ``directory``; returns the paths written."""
     out = []
-    for name, trace in default_traces().items():
+    for name, trace in {**default_traces(), "azure_code_3apps.csv": azure_3apps()}.items():
         path = Path(directory) / name
         trace.to_csv(path)
         out.append(path)

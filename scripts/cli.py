@@ -19,13 +19,12 @@ from jigsaw.agents.ilp import SolveResult, solve
 from jigsaw.env.candidates import Features, SolverOptions
 from jigsaw.env.traces import Trace, load_trace
 from jigsaw.profiles.catalog import Catalog, load_catalog
-from jigsaw.profiles.errors import JigsawError, OutputError, SolverError, ensure_writable_dir
+from jigsaw.profiles.errors import ConfigError, JigsawError, OutputError, SolverError, ensure_writable_dir
 from jigsaw.profiles.profile_plan import ProfileSettings, parse_colocation, parse_positive_ints, parse_shares
 from jigsaw.profiles.profiler import run_profile
 
 EXIT_INFEASIBLE = 1
 EXIT_BAD_INPUT = 2
-EVAL_INTERVALS = 15  # per held-out trace: all systems on the 3 default traces in a few minutes on 2 cores
 EVAL_TIME_LIMIT_S = 5.0  # per ILP solve during evaluation
 
 
@@ -279,7 +278,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from jigsaw.agents.baselines import POLICY_SYSTEMS, SYSTEM_NAMES, build_systems
     from jigsaw.agents.evaluate import evaluate_systems, markdown_table, summary_document, write_outputs
-    from jigsaw.env.gym_env import EnvConfig
+    from jigsaw.env.gym_env import DEFAULT_TRACES, EnvConfig
 
     catalog = load_catalog(args.catalog)
     policy, config = None, EnvConfig()
@@ -290,7 +289,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         config = policy.env_config
         policy.check_serves(tuple(_split(args.app, "app")) if args.app else config.apps, args.gpus or config.gpus,
                             config.gpu_type, args.policy)
-    overrides = {k: v for k, v in (("apps", args.app), ("gpus", args.gpus), ("traces", args.trace)) if v is not None}
+    overrides = {k: v for k, v in (("apps", args.app), ("gpus", args.gpus), ("traces", args.trace or DEFAULT_TRACES))
+                 if v is not None}
     config = EnvConfig.from_dict({**config.to_dict(), **overrides, "catalog": args.catalog, "part": "held_out",
                                   "mode": "sim"}, "command line")
     names = _split(args.systems, "systems") if args.systems else [
@@ -301,9 +301,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                             policy)
     if policy is None and not args.json:
         print("no --policy: the policy systems are skipped", file=sys.stderr)
-    ev = evaluate_systems(catalog, config, systems, args.intervals, args.seed,
-                          lambda jobs: tqdm(jobs, desc="evaluating", unit="run", file=sys.stderr,
-                                            disable=args.json or None))
+    ev = evaluate_systems(catalog, config, systems, args.intervals, _seeds(args.seeds),
+                          lambda jobs, what: tqdm(jobs, desc=what, file=sys.stderr, disable=args.json or None),
+                          instant_changes=args.instant_changes)
     write_outputs(ev, logdir)
     if args.json:
         print(json.dumps(summary_document(ev)))
@@ -311,6 +311,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(markdown_table(ev))
         print(f"tensorboard --logdir {logdir}")
     return 0
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(x) for x in _split(text, "seeds")]
+    except ValueError:
+        raise ConfigError(f"seeds {text!r}", field="--seeds", fix="give whole numbers, e.g. 0,1,2") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -371,16 +378,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("evaluate", help="policy vs ILP vs baselines on the held-out traces (sim mode)")
     p.add_argument("--policy", default=None, help="trained policy .npz, its .json beside it (default: none; the policy "
                    "systems are skipped)")
-    p.add_argument("--trace", default=None, help="trace file(s), comma-separated (default: the policy's, else the "
-                   "shipped 3-app traces); each is evaluated on its held-out last quarter")
+    p.add_argument("--trace", default=None, help="trace file(s), comma-separated (default: the shipped 3-app traces, "
+                   "the real Azure one included); each is evaluated on its held-out last quarter")
     p.add_argument("--app", default=None, help="app name(s), comma-separated (default: the policy's, else the 3 H100 apps)")
     p.add_argument("--gpus", type=int, default=None, help="GPUs in the cluster (default: the policy's, else 4)")
-    p.add_argument("--intervals", type=int, default=EVAL_INTERVALS,
-                   help="intervals evaluated per held-out trace (default %(default)s)")
-    p.add_argument("--systems", default=None, help="comma-separated, of policy,policy_alone,ilp,static_peak,a_t,s_t,a_s,"
-                   "greedy (default: all; without --policy all but the policy ones)")
+    p.add_argument("--intervals", type=int, default=None,
+                   help="only the first N intervals of each held-out trace (default: all of it)")
+    p.add_argument("--systems", default=None, help="comma-separated, of policy,policy_alone,zero_actor,random_actor,ilp,"
+                   "ilp_sticky,static_peak,a_t,s_t,a_s,greedy (default: all; without --policy all but the policy ones)")
     p.add_argument("--logdir", default=None, help="TensorBoard runs, plot and tables (default runs/evaluate/<time>)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the simulated arrivals (default 0)")
+    p.add_argument("--instant-changes", action="store_true", help="make every plan change free and instant (no "
+                   "start-up, repartition or room needed): the world before transitions were modelled, to compare")
+    p.add_argument("--seeds", default="0,1,2", help="seeds of the simulated arrivals and the random actor, "
+                   "comma-separated: one run each, reported as mean and sd (default %(default)s)")
     p.add_argument("--time-limit", type=float, default=EVAL_TIME_LIMIT_S,
                    help="ILP wall-clock bound per decision, s (default %(default)s)")
     p.add_argument("--headroom", type=float, default=SolverOptions.headroom,

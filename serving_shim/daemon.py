@@ -2,18 +2,19 @@
 
     jigsaw daemon --backend cpu|mps|mig --app A[,B…] [--policy FILE] [--plan FILE] [--port N] [--run-dir DIR]
 
-Startup: check the options (a plan file must fit the catalog), open the backend (a machine without what it
-needs fails here), listen (127.0.0.1 by default), then start the first plan: ``--plan FILE``, else the plan
-persisted in the run directory by a previous run, else the controller's plan for ``min_rps`` per app. Then,
-every ``interval_s``: measure each app's arrival rate at the router over the interval and over its busiest
+Startup: check the options (a plan file must fit the catalog), open the backend (a machine without what it needs
+fails here), listen (127.0.0.1 by default), then start the first plan: ``--plan FILE``, else the plan persisted in
+the run directory by a previous run, else the controller's plan for ``min_rps`` per app. Then, every
+``interval_s``: measure each app's arrival rate at the router over the interval and over its busiest
 ``PEAK_WINDOW_S`` window, ask the controller for a plan (in a thread: the ILP may take its time limit), and
-reconcile when the plan changed. A decision that raises is logged and the current plan stays. Every applied
-plan is persisted (``plan.json``, atomically); every decision is logged to TensorBoard (``tensorboard/``) and
-kept for ``/status``. ``/metrics`` serves Prometheus text, ``/healthz`` answers while the process lives,
-``/ready`` only while a plan serves. The loop survives the failures of its own side effects (TensorBoard,
-persisting, reconciling): each is logged (rate-limited), counted in ``/status`` and ``/metrics``, and the loop
-goes on. SIGTERM or SIGINT: stop accepting, answer what is pending, drain and stop every worker, stop the
-backend's daemons.
+reconcile when the plan changed (as ``jigsaw.env.transitions`` says a change happens: see the reconciler;
+``/status``'s ``last_change`` gives its switch time beside the model's). A decision that raises is logged and the
+current plan stays. Every applied plan is persisted (``plan.json``, atomically); every decision is logged to
+TensorBoard (``tensorboard/``) and kept for ``/status``. ``/metrics`` serves Prometheus text, ``/healthz`` answers
+while the process lives, ``/ready`` only while a plan serves. The loop survives the failures of its own side
+effects (TensorBoard, persisting, reconciling): each is logged (rate-limited), counted in ``/status`` and
+``/metrics``, and the loop goes on. SIGTERM or SIGINT: stop accepting, answer what is pending, drain and stop every
+worker, stop the backend's daemons.
 
 Exposure: beyond loopback the daemon refuses to start without a bearer token (``--auth-token`` or
 ``$JIGSAW_AUTH_TOKEN``, then checked on every endpoint) unless ``--insecure`` says a proxy in front
@@ -41,6 +42,7 @@ from jigsaw.agents.controller import Controller, Decision, Proposer
 from jigsaw.env.candidates import SolverOptions
 from jigsaw.env.perf import compile_plan
 from jigsaw.env.plan import Plan
+from jigsaw.env.transitions import FleetBuilder
 from jigsaw.profiles.catalog import Catalog, load_catalog
 from jigsaw.profiles.errors import PlanError, ShimError, ensure_writable_dir
 from jigsaw.serving_shim import metrics
@@ -134,11 +136,19 @@ class Daemon:
         self.controller.current = self.first_plan
         self.backend = make_backend(cfg.backend, cfg.run_dir, max_workers=cfg.max_workers, model=cfg.model)
         self.router = Router(self.catalog, list(cfg.apps))
-        self.reconciler = Reconciler(self.backend, self.router, self.gpu)
+        # plan changes follow jigsaw.env.transitions: cpu workers start as measured for them and emulate the GPU's
+        # MIG repartition time; MPS shares are set at a worker's start, so no geometry waits
+        emulated = cfg.backend == "cpu"
+        self.reconciler = Reconciler(
+            self.backend, self.router, self.gpu,
+            fleets=FleetBuilder(self.catalog, self.gpu, cfg.apps, device="cpu" if emulated else self.gpu.name),
+            cluster_slices=float(cfg.gpus * self.gpu.compute_slices),
+            repartition_wait_s=self.catalog.transitions_for(self.gpu.name).repartition_s if emulated else 0.0)
         private_dir(self.backend.log_dir)
         self.server = Server(self.handle, max_connections=max_connections)
         self.errors = ErrorLog(log)  # the control loop's survived errors, by kind (_LOOP_ERRORS)
         self.plan: Plan | None = None
+        self.last_change: dict[str, Any] | None = None  # the last apply: what changed, its switch time and the model's
         self.slices_used = 0.0
         self.decisions: deque[dict[str, Any]] = deque(maxlen=_KEPT_DECISIONS)
         self.sources: Counter[str] = Counter()
@@ -252,7 +262,11 @@ class Daemon:
 
     async def apply(self, plan: Plan) -> None:
         """Reconcile to ``plan`` (make-before-break) and persist it."""
-        await self.reconciler.apply(plan)
+        report = await self.reconciler.apply(plan)
+        self.last_change = {"time": time.time(), "started": report.started, "kept": report.kept,
+                            "stopped": report.stopped, "stopped_early": report.stopped_early,
+                            "switch_s": round(report.switch_s, 3), "predicted_switch_s": _finite(report.predicted_switch_s),
+                            "failed": list(report.failed)}
         self.plan = plan
         self.slices_used = compile_plan(self.catalog, plan).slices_used
         try:
@@ -350,7 +364,8 @@ class Daemon:
                 "rates_rps": self.rates_rps, "workers": self.reconciler.status(),
                 "worker_restarts": self.reconciler.restarts,
                 "worker_restarts_by_cause": dict(self.reconciler.restarts_by_cause),
-                "placement_notes": list(self.reconciler.notes), "devices": self.backend.devices(),
+                "placement_notes": list(self.reconciler.notes), "last_change": self.last_change,
+                "devices": self.backend.devices(),
                 "decision_sources": dict(self.sources), "decisions": list(self.decisions)[-10:],
                 "answers": {a: dict(s.answers) for a, s in self.router.stats.items()}, "ready": self.ready(),
                 "loop_errors": {k: self.errors.counts[k] for k in _LOOP_ERRORS},

@@ -4,6 +4,11 @@
 workers are started and awaited until ready; then traffic switches (the router takes the plan's batch sizes
 and budgets and the new workers); then the workers the plan no longer needs are drained (no new batches,
 their batches in flight finish) and stopped. A task whose new workers all fail to start keeps its old ones.
+Given the cluster's ``FleetBuilder``, the change follows ``jigsaw.env.transitions`` as the simulator does: the
+leaving workers it stops early (room for new ones on a full cluster, instances drained for a repartition) are
+drained and stopped before any new worker starts, and the new workers that wait for a repartition start
+``repartition_wait_s`` later (the cpu backend emulates the GPU's repartition time; MPS shares need none). Each
+report gives the switch's time beside the one the model predicts.
 
 ``supervise()`` keeps the serving workers serving. It checks each one's health every ``health_every_s`` on a
 connection of its own (the worker answers beside a running batch, so a long batch is no failure; see
@@ -28,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jigsaw.env.plan import Plan
+from jigsaw.env.transitions import Change, FleetBuilder, change
 from jigsaw.profiles.types import GpuType
 from jigsaw.serving_shim.backends.base import Backend, WorkerHandle, WorkerSpec
 from jigsaw.serving_shim.errorlog import ErrorLog
@@ -71,13 +77,21 @@ class ApplyReport:
     stopped: int = 0
     failed: list[str] = field(default_factory=list)
     notes: tuple[str, ...] = ()
+    stopped_early: int = 0  # of the stopped, those stopped before any new worker started (break-before-make)
+    switch_s: float = 0.0  # from the apply's start until traffic switched to the new workers
+    predicted_switch_s: float = math.nan  # what jigsaw.env.transitions predicts for it (nan: no model given)
 
 
 class Reconciler:
     def __init__(self, backend: Backend, router: Router, gpu: GpuType, *, clock: Callable[[], float] = time.monotonic,
                  health_every_s: float = HEALTH_EVERY_S, health_timeout_s: float = HEALTH_TIMEOUT_S,
-                 health_deadline_s: float = HEALTH_DEADLINE_S) -> None:
-        """:param clock: seconds, for the health deadline
+                 health_deadline_s: float = HEALTH_DEADLINE_S, fleets: FleetBuilder | None = None,
+                 cluster_slices: float = math.inf, repartition_wait_s: float = 0.0) -> None:
+        """:param fleets: the cluster's worker kinds and start-up times: changes follow ``jigsaw.env.transitions``
+        (None: every change is make-before-break, nothing waits)
+        :param cluster_slices: the cluster's compute slices (make-before-break needs free ones)
+        :param repartition_wait_s: how long new workers on a repartitioned geometry wait before they start, s
+        :param clock: seconds, for the health deadline
         :param health_every_s: a health check per serving worker this often, s
         :param health_timeout_s: a check not answered within this failed, s
         :param health_deadline_s: a worker whose checks have failed for this long is hung, s"""
@@ -91,6 +105,8 @@ class Reconciler:
         self.errors = ErrorLog(log)
         self.placed: Counter[WorkerSpec] = Counter()  # the workers the last apply meant to leave serving
         self.restarts_by_cause: Counter[str] = Counter(dict.fromkeys(RESTART_CAUSES, 0))
+        self.fleets, self.cluster_slices, self.repartition_wait_s = fleets, cluster_slices, repartition_wait_s
+        self.in_force: Plan | None = None  # the last plan applied
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()  # health checks and restarts under way
 
@@ -104,6 +120,7 @@ class Reconciler:
 
     async def apply(self, plan: Plan) -> ApplyReport:
         async with self._lock:
+            began = time.monotonic()
             placement = self.backend.place(plan, self.gpu)
             self.notes = placement.notes
             for note in placement.notes:
@@ -117,23 +134,60 @@ class Reconciler:
                     keep.append(w)
                 else:
                     old.append(w)
-            new = [Worker(self.backend.start(spec)) for spec, n in wanted.items() for _ in range(n)]
+            change = self._change(plan)
+            early = self._stopped_early(change, old) if change is not None else []
+            await asyncio.gather(*(self._retire(w) for w in early))  # capacity leaves before any arrives
+            old = [w for w in old if w not in early]
+            waiting = self._waiting(change) if change is not None else set()
+            specs = [spec for spec, n in wanted.items() for _ in range(n)]
+            new = [Worker(self.backend.start(spec)) for spec in specs if spec.key not in waiting]
+            if any(spec.key in waiting for spec in specs):
+                await asyncio.sleep(self.repartition_wait_s)
+                new += [Worker(self.backend.start(spec)) for spec in specs if spec.key in waiting]
             self.workers += new
             await asyncio.gather(*(self._until_ready(w) for w in new))
             ready = [w for w in new if w.state == "ready"]
             self.router.configure(plan)
             for w in ready:
                 await self._attach(w)
+            switch_s = time.monotonic() - began
             covered = {w.spec.key for w in keep + ready if w.state == "ready"}
             retire = [w for w in old if w.spec.key in covered]  # make-before-break: never leave a task bare
             await asyncio.gather(*(self._retire(w) for w in retire))
             self.placed = Counter(placement.specs) + Counter(w.spec for w in old if w not in retire)
             self.workers = [w for w in self.workers if w.state in ("starting", "ready")]
             self.failed = [w.handle.name for w in new if w.state == "failed"]
-            report = ApplyReport(len(ready), len(keep), len(retire), self.failed, placement.notes)
-            log.info("applied plan: %d started, %d kept, %d stopped, %d failed", report.started, report.kept,
-                     report.stopped, len(report.failed))
+            self.in_force = plan
+            report = ApplyReport(len(ready), len(keep), len(retire) + len(early), self.failed, placement.notes,
+                                 len(early), switch_s, change.delay_s if change is not None else math.nan)
+            log.info("applied plan: %d started, %d kept, %d stopped (%d before the new ones started), %d failed; "
+                     "switched after %.1f s (predicted %.1f s)", report.started, report.kept, report.stopped,
+                     report.stopped_early, len(report.failed), report.switch_s, report.predicted_switch_s)
             return report
+
+    def _change(self, plan: Plan) -> Change | None:
+        """The change to ``plan`` from the plan in force, by ``jigsaw.env.transitions`` (None: no model, or no plan
+        in force, or a plan of other apps)."""
+        if self.fleets is None or self.in_force is None:
+            return None
+        try:
+            return change(self.fleets.fleet(self.in_force), self.fleets.fleet(plan), self.fleets.startup_s(plan),
+                          self.repartition_wait_s, self.fleets.instance_slices, self.cluster_slices)
+        except KeyError:  # a task the model does not know: apply without it
+            return None
+
+    def _stopped_early(self, change: Change, old: list[Worker]) -> list[Worker]:
+        """The leaving workers ``change`` stops before new ones start: per task, that many of its leaving ones."""
+        assert self.fleets is not None
+        early: list[Worker] = []
+        for (app, task), n in zip(self.fleets.task_keys, change.stopped_early.tolist(), strict=True):
+            early += [w for w in old if w.spec.key == f"{app}/{task}"][:n]
+        return early
+
+    def _waiting(self, change: Change) -> set[str]:
+        assert self.fleets is not None
+        return {f"{app}/{task}" for (app, task), waits in zip(self.fleets.task_keys, change.waits.tolist(), strict=True)
+                if waits}
 
     async def supervise(self) -> None:
         """Forever: check the serving workers' health; replace those that died or hung."""

@@ -21,9 +21,10 @@ from jigsaw.env.gym_env import DEFAULT_TRACES, EnvConfig
 from jigsaw.profiles.catalog import load_catalog
 from jigsaw.scripts.cli import main
 
-SUMMARY_KEYS = {"slices_mean", "slices_p95", "violation_pct", "violation_pct_servable", "accuracy_mean", "fallback_pct",
-                "decide_ms_p50", "decide_ms_p99"}
-SYSTEMS = "ilp,static_peak,a_t,greedy"
+FIGURES = {"slices_mean", "slices_p95", "violation_pct", "violation_pct_servable", "violation_pct_in_transition",
+           "reconfigs_per_h", "accuracy_mean", "fallback_pct", "decide_ms_p50", "decide_ms_p99"}
+SUMMARY_KEYS = FIGURES | {f"{k}_sd" for k in FIGURES}
+SYSTEMS = "zero_actor,random_actor,ilp,ilp_sticky,static_peak,a_t,greedy"
 ONE_TRACE = DEFAULT_TRACES[0]
 
 
@@ -32,18 +33,23 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     logdir = tmp_path_factory.mktemp("eval")
     buf = io.StringIO()  # capsys is per test; the run is shared by the module's tests
     with contextlib.redirect_stdout(buf):
-        assert main(["evaluate", "--systems", SYSTEMS, "--trace", ONE_TRACE, "--intervals", "3", "--json",
-                     "--time-limit", "3", "--logdir", str(logdir)]) == 0
+        assert main(["evaluate", "--policy", str(DEFAULT_POLICY), "--systems", SYSTEMS, "--trace", ONE_TRACE,
+                     "--intervals", "3", "--seeds", "0,1", "--json", "--time-limit", "3", "--logdir", str(logdir)]) == 0
     return json.loads(buf.getvalue()), logdir
 
 
 def test_json_has_every_system_with_the_documented_keys(evaluated: tuple[dict, Path]) -> None:
     doc, _ = evaluated
+    assert doc["seeds"] == [0, 1]
     assert set(doc["systems"]) == set(SYSTEMS.split(","))
     for name, s in doc["systems"].items():
         assert set(s) == SUMMARY_KEYS, name
         assert s["slices_mean"] > 0 and 0.0 <= s["violation_pct"] <= 100.0 and 0.0 < s["accuracy_mean"] <= 1.0
         assert s["decide_ms_p50"] <= s["decide_ms_p99"]
+        assert s["violation_pct_in_transition"] <= s["violation_pct"] and s["reconfigs_per_h"] >= 0
+    assert doc["systems"]["static_peak"]["reconfigs_per_h"] == 0  # one plan, never changed
+    # only the random actor decides differently per seed; arrivals differ per seed for every system
+    assert doc["systems"]["ilp"]["slices_mean_sd"] == 0 and doc["systems"]["ilp"]["violation_pct_sd"] is not None
     assert doc["systems"]["ilp"]["fallback_pct"] is None  # no proposer, no fallback
     assert 0.0 <= doc["systems"]["greedy"]["fallback_pct"] <= 100.0
     # A+T plans whole GPUs: at the same demand it needs more slices than the ILP with every lever
@@ -62,21 +68,21 @@ def test_writes_tensorboard_runs_plot_and_tables(evaluated: tuple[dict, Path]) -
     assert "| ilp |" in (logdir / "summary.md").read_text()
     with (logdir / "intervals.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 * len(doc["systems"])
-    # every system served the same requests: arrivals are seeded per interval, not per system
-    per_step: dict[str, set[str]] = {}
+    assert len(rows) == 2 * 3 * len(doc["systems"])
+    # every system served the same requests: arrivals are seeded per (seed, trace), not per system
+    per_step: dict[tuple[str, str], set[str]] = {}
     for r in rows:
-        per_step.setdefault(r["step"], set()).add(r["requests"])
+        per_step.setdefault((r["seed"], r["step"]), set()).add(r["requests"])
     assert all(len(v) == 1 for v in per_step.values())
 
 
 def test_same_seed_same_figures() -> None:
     catalog = load_catalog()
     config = EnvConfig(traces=(ONE_TRACE,), part="held_out", mode="sim")
-    runs = [evaluate_systems(catalog, config, build_systems(catalog, config, ["static_peak"], SolverOptions()), 2, 7)
-            for _ in range(2)]
-    figures = [{k: v for k, v in asdict(r.summaries["static_peak"]).items() if not k.startswith(("decide", "fallback"))}
-               for r in runs]  # decision times are wall clock
+    runs = [evaluate_systems(catalog, config, build_systems(catalog, config, ["static_peak"], SolverOptions()), 2,
+                             (7,)) for _ in range(2)]
+    figures = [{k: v for k, v in asdict(r.summaries["static_peak"].mean).items()
+                if not k.startswith(("decide", "fallback"))} for r in runs]  # decision times are wall clock
     assert figures[0] == figures[1]
 
 
@@ -85,6 +91,9 @@ def test_same_seed_same_figures() -> None:
     (["--policy", str(DEFAULT_POLICY), "--gpus", "8"], "the policy was trained for"),
     (["--systems", "ilp,nonsense"], "unknown system(s) nonsense"),
     (["--systems", "policy"], "the policy systems need a policy"),
+    (["--systems", "random_actor"], "the policy systems need a policy"),
+    (["--seeds", "0,x"], "seeds"),
+    (["--seeds", "1,1"], "seeds"),
     (["--logdir", "/proc/no-such-dir/x"], "cannot write there"),
     (["--trace", "TINY"], "no held-out part"),
 ])
