@@ -52,7 +52,8 @@ from jigsaw.env.transitions import FleetBuilder, schedule
 from jigsaw.profiles.catalog import Catalog
 from jigsaw.profiles.errors import ConfigError, ensure_writable_dir
 
-TAGS = ("eval/slices", "eval/violation_pct", "eval/accuracy", "eval/decision_ms")
+TAGS = ("eval/slices", "eval/violation_pct", "eval/accuracy", "eval/decision_ms", "eval/violation_in_transition_pct",
+        "eval/changes")
 NO_PROPOSER = "no proposer"  # the verdict of a decision made without a proposal (agents.controller)
 DEFAULT_SEEDS = (0, 1, 2)
 _SEED_STRIDE = 100_003  # seeds per trace: segments of different traces never share one
@@ -330,7 +331,9 @@ def write_outputs(ev: Evaluation, logdir: Path) -> None:
     for name in ev.results:
         writer = Writer(str(logdir / name))
         for r in ev.rows(name):
-            for tag, value in zip(TAGS, (r.slices, r.violation_pct, r.accuracy, r.decide_ms), strict=True):
+            in_change = 100.0 * r.violated_in_transition / r.requests if r.requests else 0.0
+            for tag, value in zip(TAGS, (r.slices, r.violation_pct, r.accuracy, r.decide_ms, in_change, r.changes),
+                                  strict=True):
                 if math.isfinite(value):
                     writer.add_scalar(tag, value, r.step)
         writer.close()
