@@ -353,29 +353,54 @@ def write_outputs(ev: Evaluation, logdir: Path) -> None:
                       for name, rows in ev.results.items() for r in rows)
 
 
+# the systems a reader compares first get their own colours and solid lines; the rest are thin and dashed
+_FOREGROUND = ("policy", "zero_actor", "random_actor", "ilp", "ilp_sticky", "static_peak")
+
+
 def _plot(ev: Evaluation, path: Path) -> None:
+    """Demand, slices held and violations over the evaluated intervals (the first seed). The slices axis ends just
+    above the cluster's capacity (a dashed line); systems that ran on more GPUs than the cluster (the ablations)
+    are named in the legend with their mean instead of squeezing the others into one band. Each held-out trace
+    is named above its part."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    fig, (ax_d, ax_s, ax_v) = plt.subplots(3, 1, figsize=(11, 9), sharex=True)
+    fig, (ax_d, ax_s, ax_v) = plt.subplots(3, 1, figsize=(12, 10), sharex=True)
     steps = np.arange(len(ev.demand_rps))
     for j, app in enumerate(ev.config.apps):
         ax_d.step(steps, ev.demand_rps[:, j], where="mid", label=app)
+    capacity = ev.capacity_slices
+    colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"])
     for name in ev.results:
         rows = ev.rows(name)
-        ax_s.step(steps, [r.slices for r in rows], where="mid", label=name)
-        ax_v.step(steps, [r.violation_pct for r in rows], where="mid", label=name)
-    for boundary in np.cumsum([s.end - s.start for s in ev.segments])[:-1]:
+        slices = np.array([r.slices for r in rows])
+        main = name in _FOREGROUND
+        style = {"color": next(colours) if main else "grey", "linewidth": 1.6 if main else 0.8,
+                 "linestyle": "-" if main else "--", "alpha": 1.0 if main else 0.6}
+        beyond = slices.mean() > capacity
+        label = f"{name} (mean {slices.mean():.0f}: more GPUs, off the axis)" if beyond else name
+        ax_s.step(steps, slices, where="mid", label=label, **style)
+        ax_v.step(steps, [r.violation_pct for r in rows], where="mid", label=name, **style)
+    ax_s.axhline(capacity, color="black", linestyle="--", linewidth=1.0)
+    ax_s.text(0, capacity, f" cluster: {capacity:g} slices", va="bottom", fontsize="small")
+    ax_s.set_ylim(0, capacity * 1.15)
+    ends = np.cumsum([s.end - s.start for s in ev.segments])
+    for boundary in ends[:-1]:
         for ax in (ax_d, ax_s, ax_v):
             ax.axvline(boundary - 0.5, color="grey", linestyle=":")
+    for seg, end in zip(ev.segments, ends, strict=True):
+        name = Path(ev.config.traces[seg.trace]).stem
+        ax_d.text(end - (seg.end - seg.start) / 2 - 0.5, 1.01, name, transform=ax_d.get_xaxis_transform(),
+                  ha="center", va="bottom", fontsize="small")
     ax_d.set_ylabel("demand (req/s)")
-    ax_s.set_ylabel("compute slices")
+    ax_s.set_ylabel("compute slices held")
     ax_v.set_ylabel("SLO violations (%)")
-    ax_v.set_xlabel(f"interval ({ev.config.interval_s:g} s; dotted: next held-out trace)")
-    ax_d.legend(fontsize="small")
-    ax_s.legend(fontsize="small", ncol=4)
+    world = "changes free and instant" if ev.instant_changes else "changes take time"
+    ax_v.set_xlabel(f"interval ({ev.config.interval_s:g} s; {world}; seed {ev.seeds[0]}; dotted: next held-out trace)")
+    ax_d.legend(fontsize="small", loc="upper right")
+    ax_s.legend(fontsize="x-small", ncol=3, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
