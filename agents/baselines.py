@@ -6,6 +6,10 @@
 * ``ilp_sticky``: the ILP that knows changes cost: every task whose worker kind it keeps saves
   ``change_penalty`` slices in its objective, at a headroom chosen on the training part of the traces
   (``agents/hyperparams/ilp_sticky.yml``, written by ``scripts/tune_ilp_sticky.py``).
+* ``ilp_window``: the hand-tuned autoscaling rule, on ``ilp_sticky``: scale up at once, scale down only once demand
+  has stayed lower for a window of intervals (Kubernetes HPA's scale-down stabilisation window): each interval's
+  ILP plans for the largest forecast of the last ``window`` intervals. Window, headroom and change penalty chosen on
+  the training part (``agents/hyperparams/ilp_sticky.yml``).
 * ``static_peak``: one ILP plan for the segment's peak interval demand, never changed (it knows the peak in
   advance: the classic over-provisioning baseline). If the peak does not fit the cluster, the peak scaled down
   by STATIC_BACKOFF steps until it does (the most a static plan could provision).
@@ -35,10 +39,11 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -52,8 +57,8 @@ from jigsaw.profiles.catalog import Catalog
 from jigsaw.profiles.documents import parse_yaml, read_text
 from jigsaw.profiles.errors import ConfigError
 
-SYSTEM_NAMES = ("policy", "policy_alone", "zero_actor", "random_actor", "ilp", "ilp_sticky", "static_peak", "a_t",
-                "s_t", "a_s", "greedy")
+SYSTEM_NAMES = ("policy", "policy_alone", "zero_actor", "random_actor", "ilp", "ilp_sticky", "ilp_window",
+                "static_peak", "a_t", "s_t", "a_s", "greedy")
 POLICY_SYSTEMS = ("policy", "policy_alone", "zero_actor", "random_actor")
 SEEDED_SYSTEMS = ("random_actor",)  # systems whose decisions depend on the evaluation's seed
 STICKY_SETTINGS = Path(__file__).parent / "hyperparams" / "ilp_sticky.yml"
@@ -109,13 +114,28 @@ class RandomActor:
                           for a, b in itertools.pairwise(bounds)] for row in per_task])
 
 
-def sticky_options(opts: SolverOptions, path: Path = STICKY_SETTINGS) -> SolverOptions:
-    """``opts`` with the tuned headroom and change penalty of ``ilp_sticky``."""
+class WindowedController(Controller):
+    """A controller that plans for the largest forecast of the last ``window`` intervals (``ilp_window``)."""
+
+    def __init__(self, *args: Any, window: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.recent: deque[dict[str, float]] = deque(maxlen=window)
+
+    def observe(self, measured: Mapping[str, float], peak: Mapping[str, float] | None = None) -> dict[str, float]:
+        self.recent.append(super().observe(measured, peak))
+        return {a: max(f[a] for f in self.recent) for a in self.apps}
+
+
+def sticky_settings(opts: SolverOptions, path: Path = STICKY_SETTINGS) -> tuple[SolverOptions, int]:
+    """``opts`` with the tuned headroom and change penalty of ``ilp_sticky``, and ``ilp_window``'s window."""
     doc = parse_yaml(read_text(path, ConfigError, "ilp_sticky settings"), str(path), ConfigError)
     try:
-        return replace(opts, headroom=float(doc["headroom"]), change_penalty=float(doc["change_penalty"]))
+        window = int(doc["window"])
+        if window < 1:
+            raise ValueError(f"window {window} < 1")
+        return replace(opts, headroom=float(doc["headroom"]), change_penalty=float(doc["change_penalty"])), window
     except (KeyError, TypeError, ValueError) as e:
-        raise ConfigError(f"bad settings ({e})", file=str(path), field="headroom/change_penalty",
+        raise ConfigError(f"bad settings ({e})", file=str(path), field="headroom/change_penalty/window",
                           fix="rerun scripts/tune_ilp_sticky.py to write them") from None
 
 
@@ -179,10 +199,11 @@ def build_systems(catalog: Catalog, config: EnvConfig, names: list[str], opts: S
         return make
 
     greedy = Greedy(catalog, gpu_type, apps, gpus, opts) if "greedy" in names else None  # stateless: shared
-    sticky = sticky_options(opts) if "ilp_sticky" in names else opts
+    sticky, window = sticky_settings(opts) if {"ilp_sticky", "ilp_window"} & set(names) else (opts, 1)
     factories: dict[str, SystemFactory] = {
         "ilp": lambda _peak, _seed: controller(),
         "ilp_sticky": lambda _peak, _seed: Controller(catalog, gpu_type, apps, gpus, opts=sticky),
+        "ilp_window": lambda _peak, _seed: WindowedController(catalog, gpu_type, apps, gpus, opts=sticky, window=window),
         "static_peak": lambda peak, _seed: StaticPeak(catalog, gpu_type, gpus, peak, opts),
         "greedy": lambda _peak, _seed: controller(greedy, "greedy", safety_check=False),
         **{name: (lambda _peak, _seed, f=f: controller(features=f, cluster_gpus=gpus * ABLATION_GPU_FACTOR))

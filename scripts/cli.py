@@ -385,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intervals", type=int, default=None,
                    help="only the first N intervals of each held-out trace (default: all of it)")
     p.add_argument("--systems", default=None, help="comma-separated, of policy,policy_alone,zero_actor,random_actor,ilp,"
-                   "ilp_sticky,static_peak,a_t,s_t,a_s,greedy (default: all; without --policy all but the policy ones)")
+                   "ilp_sticky,ilp_window,static_peak,a_t,s_t,a_s,greedy (default: all; without --policy all but the "
+                   "policy ones)")
     p.add_argument("--logdir", default=None, help="TensorBoard runs, plot and tables (default runs/evaluate/<time>)")
     p.add_argument("--instant-changes", action="store_true", help="make every plan change free and instant (no "
                    "start-up, repartition or room needed): the world before transitions were modelled, to compare")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from jigsaw.agents.baselines import WindowedController
 from jigsaw.agents.controller import BACKOFF_SOLVES, Controller
 from jigsaw.env.perf import compile_plan, evaluate
 from jigsaw.profiles.catalog import Catalog
@@ -29,3 +30,14 @@ def test_an_infeasible_forecast_gets_the_plan_for_the_share_that_fits(builtin_ca
     assert m.gpus_used <= 1 and m.utilisation.max() > 1.0  # it fits the GPU and cannot serve it all
     share = float(d.ilp_status.split(" for ")[1].split(" x ")[0])
     assert 0 < share <= 1 - 0.5 ** BACKOFF_SOLVES
+
+
+def test_the_window_rule_scales_up_at_once_and_down_only_after_the_window(builtin_catalog: Catalog) -> None:
+    """ilp_window: a rise is planned for at once; after a fall the plan holds until the high interval has left
+    the window (3 decisions), then scales down."""
+    apps = ["image_classify"]
+    demand = [100.0, 3000.0, 100.0, 100.0, 100.0, 100.0]
+    plain, windowed = ([ctl.decide({"image_classify": r}).ilp_slices for r in demand] for ctl in (
+        Controller(builtin_catalog, "h100", apps, 2), WindowedController(builtin_catalog, "h100", apps, 2, window=3)))
+    assert plain == [1.0, 2.0, 1.0, 1.0, 1.0, 1.0]
+    assert windowed == [1.0, 2.0, 2.0, 2.0, 1.0, 1.0]

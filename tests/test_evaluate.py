@@ -24,7 +24,7 @@ from jigsaw.scripts.cli import main
 FIGURES = {"slices_mean", "slices_p95", "violation_pct", "violation_pct_servable", "violation_pct_in_transition",
            "reconfigs_per_h", "accuracy_mean", "fallback_pct", "decide_ms_p50", "decide_ms_p99"}
 SUMMARY_KEYS = FIGURES | {f"{k}_sd" for k in FIGURES}
-SYSTEMS = "zero_actor,random_actor,ilp,ilp_sticky,static_peak,a_t,greedy"
+SYSTEMS = "zero_actor,random_actor,ilp,ilp_sticky,ilp_window,static_peak,a_t,greedy"
 ONE_TRACE = DEFAULT_TRACES[0]
 
 
