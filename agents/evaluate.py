@@ -46,7 +46,7 @@ from jigsaw.agents.ilp import solve
 from jigsaw.env.candidates import Features, SolverOptions
 from jigsaw.env.gym_env import EnvConfig, JigsawEnv
 from jigsaw.env.perf import compile_plan
-from jigsaw.env.sim import simulate_spans
+from jigsaw.env.sim import arrivals_of, simulate_spans
 from jigsaw.env.space import HISTORY
 from jigsaw.env.transitions import FleetBuilder, schedule
 from jigsaw.profiles.catalog import Catalog
@@ -217,11 +217,8 @@ def _serve_segment(catalog: Catalog, env: JigsawEnv, seg: Segment, decisions: li
     trace = env.traces[seg.trace]
     n = seg.end - seg.start
     starts = float(trace.times_s[0]) + (seg.start + np.arange(n + 1)) * cfg.interval_s
-    times, app = trace.arrivals(np.random.default_rng(seed + cfg.seed_offset + seg.trace * _SEED_STRIDE),
+    times, mapped = arrivals_of(trace, cfg.apps, np.random.default_rng(seed + cfg.seed_offset + seg.trace * _SEED_STRIDE),
                                 float(starts[0]), float(starts[-1]))
-    to_cfg = np.array([cfg.apps.index(a) if a in cfg.apps else -1 for a in trace.apps], dtype=np.int64)
-    mapped = to_cfg[app] if app.size else app
-    times, mapped = times[mapped >= 0], mapped[mapped >= 0]
     bins = np.clip(np.searchsorted(starts, times, side="right") - 1, 0, n - 1)
     requests = np.bincount(bins, minlength=n)
     first = next((i for i, d in enumerate(decisions) if d.plan is not None), n)
@@ -244,23 +241,21 @@ def _serve_segment(catalog: Catalog, env: JigsawEnv, seg: Segment, decisions: li
             during |= (arrival >= lo) & (arrival < hi)
         in_change += np.bincount(b, weights=bad & during, minlength=n)
     violated[:first] = requests[:first]
-    # slices held: a plan's slices while it serves; during a change the old plan's less the workers stopped early,
-    # plus the arrivals starting
-    slices = np.array([compile_plan(catalog, p).slices_used for p in plans])
+    compiled = [compile_plan(catalog, p) for p in plans]
+    slices = [c.slices_used for c in compiled]  # held while a plan serves; Change.held_slices during a change
     edges, held = [], []
     for j, s in enumerate(spans):
         change = applied[spans[j + 1].source].change if s.in_transition else None
         edges.append(s.start_s)
         held.append(slices[s.source] if change is None else
-                    slices[s.source] - float((change.stopped_early * fleets[s.source].slices).sum())
-                    + float((change.started * fleets[spans[j + 1].source].slices).sum()))
+                    change.held_slices(slices[s.source], fleets[s.source], fleets[spans[j + 1].source]))
     held_mean = _time_average(np.array(edges), np.array(held), starts)
     held_mean[:first] = 0.0
     changes = np.zeros(n, dtype=np.int64)
     for a in applied[1:]:
         if a.change is not None and a.change.workers_changed:
             changes[min(n - 1, max(0, int(np.searchsorted(starts, a.applied_s, side="right")) - 1))] += 1
-    accuracy = [math.nan] * first + [float(compile_plan(catalog, p).path_accuracy.mean()) for p in plans]
+    accuracy = [math.nan] * first + [float(c.path_accuracy.mean()) for c in compiled]
     return [(float(held_mean[i]), int(requests[i]), float(violated[i]), float(in_change[i]), int(changes[i]),
              accuracy[i]) for i in range(n)]
 

@@ -49,7 +49,7 @@ import gymnasium as gym
 import numpy as np
 
 from jigsaw.env.plan import Plan
-from jigsaw.env.sim import simulate_spans
+from jigsaw.env.sim import arrivals_of, simulate_spans
 from jigsaw.env.space import (
     ACTION_NVEC,
     BUDGET_LEVELS,
@@ -307,8 +307,7 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
         self._transit = None
         if c.delay_s > 0:
             self._transit = _Piece(at, replace(self._serving, replicas=c.serving),
-                                   self._serving.slices - float(c.stopped_early @ old.slices)
-                                   + float(c.started @ new.slices), transit=True, plan=self._serving_plan)
+                                   c.held_slices(self._serving.slices, old, new), transit=True, plan=self._serving_plan)
             pieces.append(self._transit)
         self._serving, self._ready_s = d, at + c.delay_s
         self._serving_plan = space.plan(self._levels, d) if cfg.mode == "sim" else None
@@ -340,13 +339,10 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
         trace = self.traces[self._trace]
         start = float(trace.times_s[0]) + t0
         rng = np.random.default_rng(cfg.seed_offset + int(self.np_random.integers(2**31)))
-        times, app = trace.arrivals(rng, start, start + cfg.interval_s)
-        to_cfg = np.array([cfg.apps.index(a) if a in cfg.apps else -1 for a in trace.apps], dtype=np.int64)
-        mapped = to_cfg[app] if app.size else app
-        keep = mapped >= 0
+        times, app = arrivals_of(trace, cfg.apps, rng, start, start + cfg.interval_s)
         plans = [p.plan for p in pieces if p.plan is not None]
         spans = [Span(start + max(0.0, p.start_s - t0), i, p.decoded.replicas, p.transit) for i, p in enumerate(pieces)]
-        outcomes = simulate_spans(self.catalog, plans, spans, times[keep], mapped[keep], cfg.apps,
+        outcomes = simulate_spans(self.catalog, plans, spans, times, app, cfg.apps,
                                   int(rng.integers(2**31)), start + cfg.interval_s)
         requests = sum(v.size for _, v in outcomes)
         return float(sum(int(v.sum()) for _, v in outcomes) / requests) if requests else 0.0

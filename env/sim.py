@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -397,17 +398,23 @@ def _checked(arrivals_s: np.ndarray, app_index: np.ndarray, n_apps: int) -> tupl
     return arr_s, apps_of
 
 
+def arrivals_of(trace: Trace, apps: Sequence[str], rng: np.random.Generator, start_s: float,
+                end_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """The trace's Poisson arrivals in ``[start_s, end_s)`` for ``apps``: (times in s, index into ``apps``); the
+    trace's other apps are left out, and apps the trace lacks get no requests."""
+    times, app = trace.arrivals(rng, start_s, end_s)
+    to_apps = np.array([apps.index(a) if a in apps else -1 for a in trace.apps], dtype=np.int64)
+    mapped = to_apps[app] if app.size else app
+    keep = mapped >= 0
+    return times[keep], mapped[keep]
+
+
 def simulate_trace(catalog: Catalog, plan: Plan, trace: Trace, start_s: float, end_s: float, seed: int) -> SimMetrics:
     """Simulate ``plan`` over the trace's Poisson arrivals in ``[start_s, end_s)`` (apps the plan does not serve
     are left out; apps the plan serves but the trace lacks get no requests)."""
     compiled = compile_plan(catalog, plan)
-    rng = np.random.default_rng(seed)
-    times, app = trace.arrivals(rng, start_s, end_s)
-    to_plan = np.array([compiled.app_names.index(a) if a in compiled.app_names else -1 for a in trace.apps],
-                       dtype=np.int64)
-    mapped = to_plan[app] if app.size else app
-    keep = mapped >= 0
-    return simulate(compiled, catalog, plan, times[keep], mapped[keep], seed + 1, horizon_s=end_s - start_s)
+    times, app = arrivals_of(trace, compiled.app_names, np.random.default_rng(seed), start_s, end_s)
+    return simulate(compiled, catalog, plan, times, app, seed + 1, horizon_s=end_s - start_s)
 
 
 def simulate_spans(catalog: Catalog, plans: list[Plan], spans: list[Span], arrivals_s: np.ndarray,

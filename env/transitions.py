@@ -70,13 +70,10 @@ class Change:
     def workers_changed(self) -> bool:
         return bool(self.started.any() or self.stopped.any())
 
-    @property
-    def repartition(self) -> bool:
-        return bool(self.created.any())
-
-    def held_slices(self, old: Fleet, new: Fleet) -> float:
-        """Compute slices held during the change: the old workers still there and the arrivals starting."""
-        return float((self.serving * old.slices).sum() + (self.started * new.slices).sum())
+    def held_slices(self, old_slices: float, old: Fleet, new: Fleet) -> float:
+        """Compute slices held during the change, from the old plan's ``old_slices``: less the workers stopped early,
+        plus the arrivals starting."""
+        return old_slices - float(self.stopped_early @ old.slices) + float(self.started @ new.slices)
 
 
 def instant(fleet: Fleet) -> Change:
