@@ -231,6 +231,7 @@ def _run(catalog: Catalog, task_keys: tuple[tuple[str, str], ...], app_names: tu
     index = {k: i for i, k in enumerate(task_keys)}
     n_tasks = len(task_keys)
     span_ms = np.array([1000.0 * s.start_s for s in spans])
+    span_source = np.array([s.source for s in spans], dtype=np.int64)
     span_end = np.append(span_ms[1:], max(end_ms, span_ms[-1]))
     busy, replica_ms = np.zeros(n_tasks), np.zeros(n_tasks)
     items_n, items_drop = np.zeros(n_tasks, dtype=np.int64), np.zeros(n_tasks, dtype=np.int64)
@@ -263,7 +264,7 @@ def _run(catalog: Catalog, task_keys: tuple[tuple[str, str], ...], app_names: tu
                 for u in parents:
                     comp_u, req_u, span_u = done[u]
                     fan = np.array([app.fanout(u, t, tab.plan.apps[name][u].variant) for tab in tables])
-                    f = fan[np.array([spans[j].source for j in range(len(spans))], dtype=np.int64)][span_u]
+                    f = fan[span_source][span_u]
                     k = np.floor(f).astype(np.int64) + (rng.random(comp_u.size) < f - np.floor(f))
                     parts_a.append(np.repeat(comp_u, k))
                     parts_r.append(np.repeat(req_u, k))
@@ -273,7 +274,7 @@ def _run(catalog: Catalog, task_keys: tuple[tuple[str, str], ...], app_names: tu
             deadline = ra[item_req] + slo
             span_of = np.searchsorted(span_ms, item_arr, side="right") - 1
             np.maximum(span_of, 0, out=span_of)
-            rem_t = np.array([rem[s.source][t] for s in spans])
+            rem_t = np.array([rem[k][t] for k in span_source])
             late = item_arr + rem_t[span_of] > deadline  # cannot make it even if served at once: dropped on arrival
             q_arr, q_req, q_dl, q_span = item_arr[~late], item_req[~late], deadline[~late], span_of[~late]
             z = np.maximum(rng.standard_normal(q_arr.size), -_Z_CLIP)
