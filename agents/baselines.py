@@ -30,12 +30,14 @@
 * ``policy`` / ``policy_alone``: the trained policy's proposer through the controller with / without the
   safety check (``policy_alone`` applies whatever fits the catalog and the GPUs).
 * ``zero_actor`` / ``random_actor``: the policy's controller, proposer and polish included, with its actor
-  swapped for one that always takes the no-change action / a uniformly random allowed action (seeded per
-  evaluation seed): the ablation of what the learned part adds.
+  swapped for one that always takes the no-change action (every app ``hold``s its workers in force at the middle
+  capacity, adding replicas as the forecast needs and releasing none) / a uniformly random allowed action (seeded
+  per evaluation seed): the ablation of what the learned part adds.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import time
@@ -52,7 +54,7 @@ from jigsaw.agents.ilp import solve
 from jigsaw.env.candidates import Features, SolverOptions
 from jigsaw.env.gym_env import EnvConfig
 from jigsaw.env.plan import Plan
-from jigsaw.env.space import ACTION_NVEC, DecisionSpace
+from jigsaw.env.space import DecisionSpace
 from jigsaw.profiles.catalog import Catalog
 from jigsaw.profiles.documents import parse_yaml, read_text
 from jigsaw.profiles.errors import ConfigError
@@ -82,7 +84,8 @@ class PolicyLike(Protocol):
 
     version: str
 
-    def proposer(self, history: np.ndarray, forecast: Mapping[str, float], current: Plan | None) -> Plan: ...
+    def proposer(self, history: np.ndarray, forecast: Mapping[str, float], current: Plan | None,
+                 gpus: int) -> Plan: ...
 
     def reset(self) -> None: ...
 
@@ -90,28 +93,25 @@ class PolicyLike(Protocol):
 
 
 class Actor(Protocol):
-    def act(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray: ...
+    def act(self, obs: np.ndarray, mask: np.ndarray, nvec: np.ndarray) -> np.ndarray: ...
 
 
 class ZeroActor:
-    """Always the no-change action: per task, the middle choice of every head (``ACTION_NVEC``)."""
+    """Always the no-change action: the middle choice of every head (per app: ``hold`` at the middle capacity)."""
 
-    def act(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        n_tasks = mask.size // sum(ACTION_NVEC)
-        return np.tile(np.array([n // 2 for n in ACTION_NVEC]), (n_tasks, 1))
+    def act(self, obs: np.ndarray, mask: np.ndarray, nvec: np.ndarray) -> np.ndarray:
+        return np.asarray(nvec) // 2
 
 
 class RandomActor:
-    """Per task and head, a uniformly random choice among the allowed ones."""
+    """Per head, a uniformly random choice among the allowed ones."""
 
     def __init__(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
 
-    def act(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        per_task = mask.reshape(-1, sum(ACTION_NVEC))
-        bounds = np.cumsum((0, *ACTION_NVEC))
-        return np.array([[self.rng.choice(np.flatnonzero(row[a:b])) if row[a:b].any() else (b - a) // 2
-                          for a, b in itertools.pairwise(bounds)] for row in per_task])
+    def act(self, obs: np.ndarray, mask: np.ndarray, nvec: np.ndarray) -> np.ndarray:
+        return np.array([self.rng.choice(np.flatnonzero(mask[a:b])) if mask[a:b].any() else (b - a) // 2
+                         for a, b in itertools.pairwise(np.cumsum((0, *nvec)).tolist())])
 
 
 class WindowedController(Controller):
@@ -161,11 +161,11 @@ class StaticPeak:
 class Greedy:
     """The SlackFit-like rule of the module docstring, as a ``Proposer``."""
 
-    def __init__(self, catalog: Catalog, gpu_type: str, apps: list[str], gpus: int, opts: SolverOptions) -> None:
-        self.space = DecisionSpace(catalog, gpu_type, apps, gpus, opts=opts)
+    def __init__(self, catalog: Catalog, gpu_type: str, apps: list[str], opts: SolverOptions) -> None:
+        self.space = functools.cache(functools.partial(DecisionSpace, catalog, gpu_type, apps, opts=opts))  # per GPUs
 
-    def __call__(self, history: np.ndarray, forecast: Mapping[str, float], current: Plan | None) -> Plan:
-        space = self.space
+    def __call__(self, history: np.ndarray, forecast: Mapping[str, float], current: Plan | None, gpus: int) -> Plan:
+        space = self.space(gpus)
         f = np.array([forecast[a] for a in space.apps])
         levels = space.initial()  # the lowest provisioning level: capacity = forecast x headroom
         levels, decoded, _ = space.repair(levels, levels, f)  # steps 4 and 5 of the module docstring
@@ -198,7 +198,7 @@ def build_systems(catalog: Catalog, config: EnvConfig, names: list[str], opts: S
             return controller(proposer.proposer, proposer.version, safety_check)
         return make
 
-    greedy = Greedy(catalog, gpu_type, apps, gpus, opts) if "greedy" in names else None  # stateless: shared
+    greedy = Greedy(catalog, gpu_type, apps, opts) if "greedy" in names else None  # stateless: shared
     sticky, window = sticky_settings(opts) if {"ilp_sticky", "ilp_window"} & set(names) else (opts, 1)
     factories: dict[str, SystemFactory] = {
         "ilp": lambda _peak, _seed: controller(),

@@ -28,8 +28,8 @@ from jigsaw.profiles.catalog import Catalog
 from jigsaw.profiles.errors import JigsawError
 
 # A proposer maps (measured req/s per app over the last HISTORY intervals [HISTORY, n_apps] in the controller's
-# app order, the forecast req/s per app, the plan in force) to a plan; it may raise.
-Proposer = Callable[[np.ndarray, Mapping[str, float], Plan | None], Plan]
+# app order, the forecast req/s per app, the plan in force, the cluster's GPUs now) to a plan; it may raise.
+Proposer = Callable[[np.ndarray, Mapping[str, float], Plan | None, int], Plan]
 
 BACKOFF_SOLVES = 4  # ILP solves that look for the share of an infeasible forecast the cluster holds (to 1/16)
 
@@ -123,7 +123,7 @@ class Controller:
         verdict = Verdict(False, "no proposer", math.nan)
         if self.proposer is not None:
             try:
-                proposal = self.proposer(self.history, demand, self.current)
+                proposal = self.proposer(self.history, demand, self.current, self.gpus)
             except Exception as e:  # a policy's failure is a fallback, never the controller's death
                 verdict = Verdict(False, f"policy raised {type(e).__name__}: {e}", math.nan)
             else:

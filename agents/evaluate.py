@@ -274,11 +274,21 @@ def _time_average(edges: np.ndarray, values: np.ndarray, bounds: np.ndarray) -> 
 
 
 def summary_document(ev: Evaluation) -> dict[str, Any]:
-    """``{"seeds": [...], "systems": {name: {field: mean over seeds, field_sd: its sample sd}}}``, NaN as null."""
-    return {"seeds": list(ev.seeds),
-            "systems": {name: {k: _finite(v) for f in fields(Summary)
-                               for k, v in ((f.name, getattr(s.mean, f.name)), (f"{f.name}_sd", getattr(s.sd, f.name)))}
-                        for name, s in ev.summaries.items()}}
+    """``{"seeds": [...], "systems": {name: {field: mean over seeds, field_sd: its sample sd}}, "by_trace": {trace:
+    {name: the same, over that trace's intervals}}}``, NaN as null."""
+    trace_of = np.concatenate([np.full(s.end - s.start, s.trace) for s in ev.segments])
+    by_trace = {}
+    for k in sorted(set(trace_of.tolist())):
+        by_trace[Path(ev.config.traces[k]).stem] = {name: _fields(SeededSummary.of([Summary.of(
+            [r for r in ev.rows(name, seed) if trace_of[r.step] == k], ev.config.interval_s) for seed in ev.seeds]))
+            for name in ev.summaries}
+    return {"seeds": list(ev.seeds), "systems": {name: _fields(s) for name, s in ev.summaries.items()},
+            "by_trace": by_trace}
+
+
+def _fields(s: SeededSummary) -> dict[str, float | None]:
+    return {k: _finite(v) for f in fields(Summary)
+            for k, v in ((f.name, getattr(s.mean, f.name)), (f"{f.name}_sd", getattr(s.sd, f.name)))}
 
 
 def _finite(x: float) -> float | None:

@@ -27,7 +27,6 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from jigsaw.env.space import ACTION_NVEC
 from jigsaw.profiles.documents import parse_json, read_text
 from jigsaw.profiles.errors import JigsawError, OutputError
 
@@ -50,16 +49,16 @@ class ActorWeights:
     logits: tuple[np.ndarray, np.ndarray]
     activation: str
 
-    def act(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """The deterministic action: per head the allowed choice with the highest logit."""
+    def act(self, obs: np.ndarray, mask: np.ndarray, nvec: np.ndarray) -> np.ndarray:
+        """The deterministic action: per head (``nvec``: the choices of each, in order) the allowed choice with the
+        highest logit."""
         h = obs.astype(np.float64)
         act = np.tanh if self.activation == "tanh" else (lambda x: np.maximum(x, 0.0))
         for w, b in self.hidden:
             h = act(w @ h + b)
         z = self.logits[0] @ h + self.logits[1]
-        z = np.where(mask, z, -np.inf).reshape(-1, sum(ACTION_NVEC))
-        return np.stack([z[:, a:b].argmax(axis=1) for a, b in itertools.pairwise(np.cumsum((0, *ACTION_NVEC)))],
-                        axis=1)
+        z = np.where(mask, z, -np.inf)
+        return np.array([z[a:b].argmax() for a, b in itertools.pairwise(np.cumsum((0, *nvec)).tolist())])
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The .npz's arrays: ``w<i>``, ``b<i>`` per layer, the logits last."""

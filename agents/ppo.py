@@ -2,9 +2,12 @@
 
 ``train`` runs vectorised environments (SubprocVecEnv for more than one), logs SB3's scalars plus ours
 (per episode: cost as slices over the cluster, violation, accuracy, and the share of steps whose plan the
-controller's check would refuse -- the fallback rate) to TensorBoard, evaluates on the held-out part of the
-traces periodically and keeps the best model, writes checkpoints, and resumes from one. Hyperparameters come
-from a YAML file in rl-zoo3's layout (``{env id: {n_timesteps, policy, n_envs, env_kwargs, ...PPO args}}``).
+controller's check would refuse -- the fallback rate) to TensorBoard, evaluates periodically on fixed episodes of
+the training part (the held-out part is left to ``jigsaw evaluate``) and keeps the best model, writes checkpoints,
+and resumes from one. Exploration starts around the no-change action (NO_CHANGE_PRIOR: every app holds the workers
+in force at the middle capacity, the ``zero_actor`` ablation), which the policy must learn to improve on.
+Hyperparameters come from a YAML file in rl-zoo3's layout (``{env id: {n_timesteps, policy, n_envs, env_kwargs,
+...PPO args}}``).
 
 Its output is the deployable policy: the actor's weights as ``<name>.npz`` plus a JSON sidecar (``<name>.json``)
 naming the catalog fingerprint, the environment settings, the version and the weights' digest
@@ -44,7 +47,8 @@ from jigsaw.agents.policy_file import (
 from jigsaw.env import ENV_ID
 from jigsaw.env.gym_env import DEFAULT_TRACES, EnvConfig, JigsawEnv
 from jigsaw.env.plan import Plan
-from jigsaw.env.space import ACTION_NVEC, DecisionSpace, Levels
+from jigsaw.env.propose import Proposer
+from jigsaw.env.space import DecisionSpace, Decoded, Levels
 from jigsaw.profiles.catalog import Catalog, load_catalog
 from jigsaw.profiles.documents import read_document
 from jigsaw.profiles.errors import ConfigError, JigsawError, ensure_writable_dir
@@ -140,6 +144,7 @@ def catalog_fingerprint(catalog: Catalog, config: EnvConfig) -> str:
 # ---- acting without SB3
 
 COLD_START_STEPS = 10  # a first decision's steps at its forecast (``Policy.proposer``)
+NO_CHANGE_PRIOR = 2.0  # logit added to each head's no-change choice at the start of training (e^2: 7.4x as likely)
 
 
 def export_actor(model: Any) -> ActorWeights:
@@ -156,57 +161,82 @@ def export_actor(model: Any) -> ActorWeights:
 
 
 class Policy:
-    """A trained policy bound to a catalog: proposes plans from measured demand (``proposer``)."""
+    """A trained policy bound to a catalog: proposes plans from measured demand (``proposer``) on any cluster size
+    it was trained for (``sizes``)."""
 
     def __init__(self, actor: Any, env_config: EnvConfig, catalog: Catalog, version: str) -> None:
-        """:param actor: what maps an observation and its action mask to an action (``ActorWeights.act``)"""
+        """:param actor: what maps an observation, its action mask and the heads' sizes to an action
+        (``ActorWeights.act``)"""
         self.actor, self.env_config, self.version, self.catalog = actor, env_config, version, catalog
-        self.space = DecisionSpace(catalog, env_config.gpu_type, list(env_config.apps), env_config.gpus)
-        self.levels: Levels | None = None
-        self.decoded: Any = None
-        self.proposed: Plan | None = None  # the last plan this policy proposed
+        self.sizes = range(env_config.gpus, (env_config.max_gpus or env_config.gpus) + 1)
+        self._proposers: dict[int, Proposer] = {}
+        self.reset()
 
     def reset(self) -> None:
-        self.levels = self.decoded = self.proposed = None
+        self.gpus: int | None = None  # the cluster the state below was proposed for
+        self.levels: Levels | None = None
+        self.decoded: Decoded | None = None  # the plan last proposed
+        self.proposed: Plan | None = None  # the last plan this policy proposed
 
     def with_actor(self, actor: Any) -> Policy:
         """This policy's proposer with another actor (the ablations of ``jigsaw.agents.baselines``)."""
         return Policy(actor, self.env_config, self.catalog, f"{self.version} with {type(actor).__name__}")
 
-    def check_serves(self, apps: tuple[str, ...], gpus: int, gpu_type: str, source: str) -> None:
-        """Refuse a cluster other than the one the policy was trained for (its observation and actions are
-        per task of those apps, its scaling per those GPUs)."""
-        trained = self.env_config
-        if (tuple(apps), gpus, gpu_type) != (tuple(trained.apps), trained.gpus, trained.gpu_type):
-            raise PolicyError(f"the policy was trained for {','.join(trained.apps)} on {trained.gpus} x "
-                              f"{trained.gpu_type}", file=source, field="--app/--gpus/--gpu-type",
-                              fix=f"run with --app {','.join(trained.apps)} --gpus {trained.gpus} --gpu-type "
-                                  f"{trained.gpu_type}, or leave them out where the command allows")
+    def for_gpus(self, gpus: int) -> Proposer:
+        """The proposer on a cluster of ``gpus`` (built once per size)."""
+        if gpus not in self._proposers:
+            c = self.env_config
+            self._proposers[gpus] = Proposer(DecisionSpace(self.catalog, c.gpu_type, list(c.apps), gpus), c.polish)
+        return self._proposers[gpus]
 
-    def proposer(self, history: np.ndarray, forecast: Mapping[str, float], current: Plan | None) -> Plan:
-        """The policy's plan for the next interval. It continues from its own last proposal (its levels) when
-        the controller applied it, else from the levels nearest the plan in force (the ILP's, after a fallback):
-        from its own refused plan it stepped on squeezed plans, a single level at a time, for up to 10 intervals.
-        With neither (a first decision), it starts from ``DecisionSpace.initial`` and takes COLD_START_STEPS
-        steps at this forecast: one step from the most accurate variants was refused at two of the three held-out
-        segments' starts. The result is polished (``DecisionSpace.polish``) before it is proposed; the next step
-        starts from the polished levels."""
-        space = self.space
+    def check_serves(self, apps: tuple[str, ...], gpus: int, gpu_type: str, source: str) -> None:
+        """Refuse a cluster other than those the policy was trained for (its observation and actions are per task
+        of those apps; its sizes, those it learned to serve)."""
+        trained = self.env_config
+        if (tuple(apps), gpu_type) != (tuple(trained.apps), trained.gpu_type) or gpus not in self.sizes:
+            raise PolicyError(f"the policy was trained for {','.join(trained.apps)} on {_sizes(self.sizes)} x "
+                              f"{trained.gpu_type}", file=source, field="--app/--gpus/--gpu-type",
+                              fix=f"run with --app {','.join(trained.apps)}, --gpus in {_sizes(self.sizes)}, "
+                                  f"--gpu-type {trained.gpu_type}, or leave them out where the command allows")
+
+    def proposer(self, history: np.ndarray, forecast: Mapping[str, float], current: Plan | None, gpus: int) -> Plan:
+        """The policy's plan for the next interval on ``gpus`` GPUs (``jigsaw.env.propose``, as in training). It
+        continues from its own last proposal (its levels) when the controller applied it, else from the levels
+        nearest the plan in force (the ILP's, after a fallback): from its own refused plan it stepped on squeezed
+        plans, a single level at a time, for up to 10 intervals. With neither (a first decision, or a cluster that
+        changed size), it starts from ``DecisionSpace.initial`` and takes COLD_START_STEPS steps at this forecast:
+        one step from the most accurate variants was refused at two of the three held-out segments' starts. The
+        workers it may hold are those of the plan in force. A size outside ``sizes`` raises: the controller
+        re-plans with the ILP."""
+        if gpus not in self.sizes:
+            raise PolicyError(f"trained for {_sizes(self.sizes)} GPUs, the cluster has {gpus}", field="--gpus",
+                              fix="the ILP plans this cluster; train a policy for its size")
+        proposer = self.for_gpus(gpus)
+        space = proposer.space
         f = np.array([forecast[a] for a in space.apps])
+        if gpus != self.gpus:
+            self.levels, self.gpus = None, gpus
+        own = current is not None and current == self.proposed and self.levels is not None
+        in_force = self.decoded if own else None if current is None else proposer.decoded_of(current, f)
         start, steps = (space.initial(), COLD_START_STEPS) if self.levels is None else (self.levels, 1)
-        if current is not None and current != self.proposed:
+        if current is not None and not own:
             with contextlib.suppress(KeyError, ValueError):  # a plan of other apps (a daemon's --plan): our own
                 start, steps = space.levels_of(current), 1
-        if start is not self.levels:
+        if start is not self.levels or self.decoded is None:
             self.levels, self.decoded, _ = space.repair(start, start, f)
         for _ in range(steps):
             metrics = space.evaluate(self.decoded, history[-1])
-            obs = space.observation(self.levels, self.decoded, metrics, space.demand_features(history, f))
-            action = self.actor.act(obs, space.masks(self.levels, self.decoded).reshape(-1))
-            self.levels, self.decoded, _ = space.step(self.levels, action, f)
-        self.levels, self.decoded = space.polish(self.levels, self.decoded, f)
-        self.proposed = space.plan(self.levels, self.decoded)
+            obs = proposer.observation(self.levels, self.decoded, metrics, space.demand_features(history, f),
+                                       self.decoded if in_force is None else in_force, f)
+            action = self.actor.act(obs, proposer.masks(), proposer.nvec)
+            proposal = proposer.step(self.levels, in_force, action, f)
+            self.levels, self.decoded = proposal.levels, proposal.decoded
+        self.proposed = proposer.plan(self.levels, self.decoded)
         return self.proposed
+
+
+def _sizes(sizes: range) -> str:
+    return f"{sizes.start}" if len(sizes) == 1 else f"{sizes.start}..{sizes.stop - 1}"
 
 
 def sidecar_path(policy_path: Path) -> Path:
@@ -234,8 +264,8 @@ def load_policy(path: str | Path, catalog: Catalog) -> Policy:
         raise PolicyError(f"trained for another catalog (fingerprint {meta['catalog_fingerprint']}, this catalog "
                           f"{expected})", file=str(files.weights),
                           fix="use the catalog it was trained with, or re-train with `jigsaw train`")
-    space = DecisionSpace(catalog, config.gpu_type, list(config.apps), config.gpus)
-    if (spec.observation_size, spec.n_logits) != (space.observation_size, len(space.tasks) * sum(ACTION_NVEC)):
+    proposer = Proposer(DecisionSpace(catalog, config.gpu_type, list(config.apps), config.gpus))
+    if (spec.observation_size, spec.n_logits) != (proposer.observation_size, int(proposer.nvec.sum())):
         raise PolicyError("its observation or action size does not match this version's environment", file=source,
                           field="actor.layers", fix="re-train with this version")
     return Policy(read_actor(files.weights, spec), config, catalog, meta["version"])
@@ -339,7 +369,8 @@ def train(settings: TrainSettings, out: Path, *, catalog_path: str | None = None
     JigsawEnv(config).close()  # a bad trace or setting is one line here, not a traceback from a subprocess
     env_fns = [_make_env(config.to_dict(), i, seed) for i in range(settings.n_envs)]
     venv = SubprocVecEnv(env_fns) if settings.n_envs > 1 else DummyVecEnv(env_fns)
-    eval_doc = {**config.to_dict(), "part": "held_out", "random_levels": False}
+    # the best model is chosen on fixed episodes of the training part: the held-out part is the evaluation's alone
+    eval_doc = {**config.to_dict(), "random_levels": False}
     eval_env = DummyVecEnv([_make_env(eval_doc, 10_000, seed)])
     if resume is not None:
         try:
@@ -355,7 +386,10 @@ def train(settings: TrainSettings, out: Path, *, catalog_path: str | None = None
             venv.close()
             raise ConfigError(f"MaskablePPO refused the hyperparameters ({e})", field="hyperparameters",
                               fix="use MaskablePPO's argument names and types") from None
-    total = config.gpus * catalog.gpu(config.gpu_type).compute_slices
+        with torch.no_grad():  # exploration starts around the no-change action (every app follows at the middle level)
+            heads = np.cumsum((0, *venv.action_space.nvec[:-1]))
+            model.policy.action_net.bias[heads + venv.action_space.nvec // 2] += NO_CHANGE_PRIOR
+    gpu_slices = catalog.gpu(config.gpu_type).compute_slices
     bar = _Progress(settings.n_timesteps, model.num_timesteps) if progress else None
 
     class Ours(BaseCallback):
@@ -366,7 +400,8 @@ def train(settings: TrainSettings, out: Path, *, catalog_path: str | None = None
 
         def _on_step(self) -> bool:
             for i, (info, done) in enumerate(zip(self.locals["infos"], self.locals["dones"], strict=True)):
-                self.sums[i] += [info["slices"] / total, info["violation"], info["accuracy"], info["unsafe"], 1.0]
+                self.sums[i] += [info["slices"] / (info["gpus_cluster"] * gpu_slices), info["violation"],
+                                 info["accuracy"], info["unsafe"], 1.0]
                 if done:
                     for tag, value in zip(_TAGS, self.sums[i, :-1] / self.sums[i, -1], strict=True):
                         self.logger.record_mean(f"jigsaw/{tag}", float(value))

@@ -1,14 +1,13 @@
 """``jigsaw/JigsawServe-v0``: the Gymnasium environment. One step is one control interval of a demand trace.
 
-The agent's decision lives in ``jigsaw.env.space`` (per task: variant, budget weight, provisioning level). Each
-step the action moves those levels, the plan is sized against the forecast demand (``forecast_rps``: the
-last interval's rate, or its linear trend when demand rises, and at least the last interval's busiest trace
-bin, as the controller forecasts), and then judged against the demand that
-actually arrives in the interval: by ``jigsaw.env.perf`` (mode ``perf``, for training: every trace bin of the
-interval evaluated at once) or by ``jigsaw.env.sim`` (mode ``sim``, for evaluation: Poisson arrivals, request by
-request). With ``polish``, each step's plan is then polished as the controller's policy proposer polishes its
-proposals (``DecisionSpace.polish``), so that a policy trains on the plans it will propose; steps cost up to 9x
-as much under random actions (0.3 -> 2.8 ms a step, 2026-12-02), which start far from any local optimum.
+The agent's decision is the proposer's (``jigsaw.env.propose``: per task a variant, budget weight and
+provisioning level of ``jigsaw.env.space``; per app whether to replan, follow the forecast with the workers in
+force, or hold them). Each step runs the proposer the controller deploys (stepped, repaired, polished unless
+``polish`` is off, holds applied) against the forecast demand (``forecast_rps``: the last interval's rate, or its
+linear trend when demand rises, and at least the last interval's busiest trace bin, as the controller
+forecasts); the plan is then judged against the demand that actually arrives in the interval: by
+``jigsaw.env.perf`` (mode ``perf``, for training: every trace bin of the interval evaluated at once) or by
+``jigsaw.env.sim`` (mode ``sim``: Poisson arrivals, request by request).
 
 Plan changes take time (``jigsaw.env.transitions``): each step's plan is applied to the plan in force as the
 reconciler applies it, and the change still under way, with its completion time, carries to the next step (a
@@ -17,18 +16,18 @@ waiting). In ``perf`` mode each trace bin is judged with the workers serving at 
 interval is simulated over them (``simulate_spans``, from empty queues: with early drops a queue holds at most
 one SLO of work). ``info`` says whether workers changed and how long a change was under way (``changing_s``).
 
-Reward = -slices held / cluster slices (time-weighted: during a change the old and the starting workers'
-slices) - alpha * violation - beta * accuracy shortfall - gamma * repartitions / GPUs
-- delta * refused, with violation the demand-weighted share of requests over the latency SLO, shortfall the mean
-over apps of max(0, SLO - worst path accuracy) / SLO, repartitions the MIG instances created or destroyed, and
-refused 1 for a plan the controller's check would hand to the ILP (``info["unsafe"]``: capacity under the
-forecast x headroom, which only a plan squeezed to fit the GPUs has, or a path's p95 over its SLO). Deployed,
-such a plan is never applied: without delta the policy learned to sit on squeezed plans of accurate variants,
-which the controller refused half the time.
+Reward = -slices held / cluster slices (time-weighted: during a change the old and the starting workers' slices) -
+alpha * violation - beta * accuracy shortfall - delta * refused, with violation the demand-weighted share of
+requests over the latency SLO (a change's cost shows here and in the slices held, not as a count of changes),
+shortfall the mean over apps of max(0, SLO - worst path accuracy) / SLO, and refused 1 for a plan the controller's
+check would hand to the ILP (``info["unsafe"]``: capacity under the forecast x headroom, which only a plan squeezed
+to fit the GPUs has, or a path's p95 at the forecast over its SLO). Deployed, such a plan is never applied: without delta the
+policy learned to sit on squeezed plans of accurate variants, which the controller refused half the time.
 
 Traces are scaled so that the busiest bin of the training part needs ``load`` of the cluster's slices at
 the best items/s per slice any configuration offers (``DecisionSpace.capacity_rps``): one number that
-means the same on 4 and on 120 GPUs. ``part`` picks the train part (first 75 %), the
+means the same on 4 and on 120 GPUs. With ``max_gpus`` each episode draws its cluster from ``gpus..max_gpus`` and
+sees the demand scaled with it, so one policy learns to serve the range. ``part`` picks the train part (first 75 %), the
 held-out part, or all of it; reset starts at a seeded random interval of a seeded random trace.
 
 Registered as ``jigsaw/JigsawServe-v0`` on import of ``jigsaw.env`` (idempotent), so fresh processes
@@ -40,7 +39,6 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import operator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -49,9 +47,9 @@ import gymnasium as gym
 import numpy as np
 
 from jigsaw.env.plan import Plan
+from jigsaw.env.propose import REPLAN, Proposer
 from jigsaw.env.sim import arrivals_of, simulate_spans
 from jigsaw.env.space import (
-    ACTION_NVEC,
     BUDGET_LEVELS,
     HISTORY,
     OBS_HIGH,
@@ -73,7 +71,8 @@ DEFAULT_TRACES = tuple(str(DEFAULT_TRACE_DIR / f) for f in ("diurnal_3apps.csv",
 @dataclass(frozen=True)
 class EnvConfig:
     apps: tuple[str, ...] = H100_APPS
-    gpus: int = 4
+    gpus: int = 4  # the cluster; with max_gpus, the smallest of the range an episode draws from
+    max_gpus: int | None = None  # each episode draws its cluster from gpus..max_gpus (a policy serves the range)
     gpu_type: str = "h100"
     catalog: str | None = None  # a catalog directory or file; None: the built-in one
     traces: tuple[str, ...] = DEFAULT_TRACES
@@ -84,10 +83,9 @@ class EnvConfig:
     mode: str = "perf"  # perf | sim
     violation_weight: float = 10.0  # alpha
     accuracy_weight: float = 1.0  # beta
-    repartition_weight: float = 0.02  # gamma
     fallback_weight: float = 1.0  # delta
     random_levels: bool = True  # reset from random valid levels (exploration), else from DecisionSpace.initial
-    polish: bool = False  # polish each step's plan as the controller's proposer does (DecisionSpace.polish; slower)
+    polish: bool = True  # polish each step's plan as the deployed proposer does (DecisionSpace.polish; slower)
     seed_offset: int = 0  # added to the simulator's seeds
 
     @classmethod
@@ -111,6 +109,9 @@ class EnvConfig:
         checks = (
             ("apps", bool(self.apps), "name at least one app"),
             ("gpus", isinstance(self.gpus, int) and self.gpus >= 1, "give a whole number of GPUs >= 1"),
+            ("max_gpus", self.max_gpus is None or (isinstance(self.max_gpus, int) and isinstance(self.gpus, int)
+                                                    and self.max_gpus >= self.gpus),
+             f"give a whole number of GPUs >= gpus ({self.gpus}), or leave it out for one cluster size"),
             ("traces", bool(self.traces), "give at least one trace file"),
             ("part", self.part in ("train", "held_out", "all"), "use train, held_out or all"),
             ("interval_s", _positive(self.interval_s), "give seconds > 0"),
@@ -124,7 +125,7 @@ class EnvConfig:
         for key, ok, fix in checks:
             if not ok:
                 raise ConfigError(f"bad value {getattr(self, key)!r}", file=source, field=key, fix=fix)
-        for key in ("violation_weight", "accuracy_weight", "repartition_weight", "fallback_weight"):
+        for key in ("violation_weight", "accuracy_weight", "fallback_weight"):
             value = getattr(self, key)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"bad value {value!r}", file=source, field=key, fix="give a finite number >= 0")
@@ -164,15 +165,20 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
             config.validate()
         self.config = cfg = config
         self.catalog = _catalog(cfg.catalog)
-        self.space = DecisionSpace(self.catalog, cfg.gpu_type, list(cfg.apps), cfg.gpus)
-        smallest = self.space.decode(self.space.initial(), np.zeros(len(cfg.apps)))
+        sizes = range(cfg.gpus, (cfg.max_gpus or cfg.gpus) + 1)
+        self._proposers = {g: Proposer(DecisionSpace(self.catalog, cfg.gpu_type, list(cfg.apps), g), cfg.polish)
+                           for g in sizes}
+        self.proposer = self._proposers[cfg.gpus]
+        self.space = base = self.proposer.space
+        smallest = base.decode(base.initial(), np.zeros(len(cfg.apps)))
         if smallest.gpus > cfg.gpus:
             raise ConfigError(f"the apps need {smallest.gpus} GPUs at one replica per task", field="gpus",
                               fix=f"give at least {smallest.gpus} GPUs or fewer apps")
         self.traces, self.demand = self._load_traces()
-        n, n_apps = self.space.n_tasks, len(cfg.apps)
-        self.action_space = gym.spaces.MultiDiscrete(np.tile(ACTION_NVEC, n))
-        self.observation_space = gym.spaces.Box(0.0, OBS_HIGH, shape=(self.space.observation_size,), dtype=np.float32)
+        n_apps = len(cfg.apps)
+        self.action_space = gym.spaces.MultiDiscrete(self.proposer.nvec)
+        self.observation_space = gym.spaces.Box(0.0, OBS_HIGH, shape=(self.proposer.observation_size,),
+                                                dtype=np.float32)
         self.interval_demand = [d.mean(axis=1) for d in self.demand]  # [n_intervals, n_apps] per trace
         # per trace and interval t, what the step needs of the measured history (intervals t - HISTORY .. t - 1):
         # the forecast, the observation's demand features, and each bin's share of the interval's requests
@@ -180,21 +186,24 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
                    for d in self.interval_demand]  # [n_intervals - HISTORY + 1, HISTORY, n_apps]
         forecasts = [forecast_rps(w, d.max(axis=1)[HISTORY - 1:]) for w, d in zip(windows, self.demand, strict=True)]
         self._forecasts = [_from_history(f) for f in forecasts]
-        self._demand_features = [_from_history(self.space.demand_features(w, f))
+        self._demand_features = [_from_history(base.demand_features(w, f))
                                  for w, f in zip(windows, forecasts, strict=True)]
         # a trace whose bins are as long as the interval is judged on one demand, not a batch of one (a third
         # cheaper in env.perf): its steps see [n_apps] demands and the bin share 1
         self._step_demand = [d[:, 0] if d.shape[1] == 1 else d for d in self.demand]
         self._bin_share = [_shares(d.sum(axis=2)) for d in self.demand]
+        # the demand is the base cluster's; a cluster of g GPUs sees it x g / gpus (``load`` is a share of the
+        # cluster, and a cluster's capacity is proportional to its GPUs), the demand features unchanged
+        self._scale = 1.0
         times = self.catalog.transitions_for(cfg.gpu_type)
         self._repartition_s = times.repartition_s
-        self._startup = np.zeros(self.space.accuracy.shape)  # [n_tasks, variants] start-up s of a new worker
-        for i, (a, t) in enumerate(self.space.tasks):
+        self._startup = np.zeros(base.accuracy.shape)  # [n_tasks, variants] start-up s of a new worker
+        for i, (a, t) in enumerate(base.tasks):
             for v, variant in enumerate(self.catalog.app(a).task(t).variants):
                 self._startup[i, v] = times.startup(variant.name)
         self._trace = self._t = self._end = 0
-        self._levels = self.space.initial()
-        self._decoded = self.space.decode(self._levels, np.zeros(n_apps))
+        self._levels = base.initial()
+        self._decoded = self._serving = self._fresh = base.decode(self._levels, np.zeros(n_apps))
         self._metrics: Any = None
 
     def _load_traces(self) -> tuple[list[Trace], list[np.ndarray]]:
@@ -235,16 +244,21 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
         length = min(self.config.episode_intervals, n_int - HISTORY)
         self._t = int(rng.integers(HISTORY, n_int - length + 1))
         self._end = self._t + length
-        start = self.space.initial()
+        gpus = int(rng.integers(self.config.gpus, (self.config.max_gpus or self.config.gpus) + 1))
+        self.proposer = self._proposers[gpus]
+        self.space = space = self.proposer.space
+        self._scale = gpus / self.config.gpus
+        start = space.initial()
         if self.config.random_levels:
-            proposed = Levels(rng.integers(0, self.space.n_variants),
-                              rng.integers(1, BUDGET_LEVELS + 1, size=self.space.n_tasks),
-                              rng.integers(0, len(PROVISION_LEVELS), size=self.space.n_tasks))
-            start = self.space.repair(start, proposed, self._forecast())[0]
-        self._levels, self._decoded, _ = self.space.repair(start, start, self._forecast())
-        self._metrics = self.space.evaluate(self._decoded, self._forecast())
+            proposed = Levels(rng.integers(0, space.n_variants),
+                              rng.integers(1, BUDGET_LEVELS + 1, size=space.n_tasks),
+                              rng.integers(0, len(PROVISION_LEVELS), size=space.n_tasks))
+            start = space.repair(start, proposed, self._forecast())[0]
+        self._levels, self._decoded, _ = space.repair(start, start, self._forecast())
+        self._fresh = self._decoded
+        self._metrics = space.evaluate(self._decoded, self._forecast())
         self._serving = self._decoded  # in force, warm, at the episode's start
-        self._serving_plan = self.space.plan(self._levels, self._decoded) if self.config.mode == "sim" else None
+        self._serving_plan = space.plan(self._levels, self._decoded) if self.config.mode == "sim" else None
         self._transit: _Piece | None = None  # the old workers serving while a change is under way
         self._ready_s = self._t * self.config.interval_s  # when the change to the plan in force completes
         return self._observation(), {}
@@ -253,14 +267,12 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
         if self._t >= self._end:  # past the trace part's end there is no demand to step on
             raise gym.error.ResetNeeded("the episode has ended (truncated): call reset() before step()")
         cfg, space = self.config, self.space
-        previous = self._decoded
-        self._levels, self._decoded, repairs = space.step(self._levels, action, self._forecast())
-        if cfg.polish:
-            self._levels, self._decoded = space.polish(self._levels, self._decoded, self._forecast())
+        proposal = self.proposer.step(self._levels, self._serving, action, self._forecast())
+        self._levels, self._decoded, self._fresh = proposal.levels, proposal.decoded, proposal.fresh
         d = self._decoded
         t0 = self._t * cfg.interval_s
         pieces, changed = self._apply(d, t0)
-        rows = self._step_demand[self._trace][self._t]
+        rows = self._step_demand[self._trace][self._t] * self._scale
         if cfg.mode == "perf":  # one row per trace bin of the interval
             metrics = space.evaluate(d, rows)
             violation = self._perf_violation(pieces, metrics, t0)
@@ -269,21 +281,21 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
             metrics = None
             violation = self._sim_violation(pieces, t0)
             self._metrics = space.evaluate(d, rows[-1] if rows.ndim > 1 else rows)
-        unsafe = d.overloaded or bool(((metrics or self._metrics).path_p95_ms > space.path_slo_ms).any())
+        # what the controller's check refuses, judged as it judges: against the forecast, not the demand that came
+        unsafe = d.overloaded or bool((space.evaluate(d, self._forecast()).path_p95_ms > space.path_slo_ms).any())
         shortfall = space.accuracy_shortfall(self._metrics.path_accuracy)
-        repartitions = sum(map(abs, map(operator.sub, d.counts, previous.counts)))
         held = _time_weighted([(p.start_s, p.held_slices) for p in pieces], t0, t0 + cfg.interval_s)
         reward = (-held / space.total_slices - cfg.violation_weight * violation
-                  - cfg.accuracy_weight * shortfall - cfg.repartition_weight * repartitions / cfg.gpus
-                  - cfg.fallback_weight * unsafe)
+                  - cfg.accuracy_weight * shortfall - cfg.fallback_weight * unsafe)
         full = metrics or self._metrics
         info = {"metrics": dict(vars(full)), "violation": violation, "slices": d.slices, "held_slices": held,
                 "gpus": d.gpus, "accuracy": float(self._metrics.path_accuracy.sum()) / len(space.path_app),
-                "accuracy_shortfall": shortfall, "repartitions": repartitions, "repairs": repairs, "unsafe": unsafe,
+                "accuracy_shortfall": shortfall, "repairs": proposal.repairs, "unsafe": unsafe, "gpus_cluster": space.n_gpus,
+                "held_apps": int((proposal.held != REPLAN).sum()),
                 "overloaded": d.overloaded, "workers_changed": changed,
                 "changing_s": _time_weighted([(p.start_s, float(p.transit)) for p in pieces], t0,
                                              t0 + cfg.interval_s) * cfg.interval_s,
-                "demand_rps": self.interval_demand[self._trace][self._t]}
+                "demand_rps": self.interval_demand[self._trace][self._t] * self._scale}
         self._t += 1
         return self._observation(), float(reward), False, self._t >= self._end, info
 
@@ -310,7 +322,7 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
                                    c.held_slices(self._serving.slices, old, new), transit=True, plan=self._serving_plan)
             pieces.append(self._transit)
         self._serving, self._ready_s = d, at + c.delay_s
-        self._serving_plan = space.plan(self._levels, d) if cfg.mode == "sim" else None
+        self._serving_plan = self.proposer.plan(self._levels, d) if cfg.mode == "sim" else None
         pieces.append(_Piece(self._ready_s, d, d.slices, plan=self._serving_plan))
         return pieces, c.workers_changed
 
@@ -323,7 +335,7 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
         share = self._bin_share[self._trace][self._t]
         if len(pieces) == 1 and pieces[0].decoded is self._decoded:
             return float(np.dot(target.violation, share))
-        rows = np.atleast_2d(self._step_demand[self._trace][self._t])
+        rows = np.atleast_2d(self._step_demand[self._trace][self._t]) * self._scale
         share = np.atleast_1d(share)
         which = np.searchsorted([p.start_s for p in pieces], self._bin_times(t0), side="right") - 1
         per_bin = np.atleast_1d(target.violation).astype(float).copy()
@@ -336,7 +348,7 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
     def _sim_violation(self, pieces: list[_Piece], t0: float) -> float:
         """The violated share of the interval's requests, simulated (``simulate_spans``) from empty queues."""
         cfg = self.config
-        trace = self.traces[self._trace]
+        trace = self.traces[self._trace] if self._scale == 1 else self.traces[self._trace].scaled(rate_scale=self._scale)
         start = float(trace.times_s[0]) + t0
         rng = np.random.default_rng(cfg.seed_offset + int(self.np_random.integers(2**31)))
         times, app = arrivals_of(trace, cfg.apps, rng, start, start + cfg.interval_s)
@@ -348,17 +360,17 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
         return float(sum(int(v.sum()) for _, v in outcomes) / requests) if requests else 0.0
 
     def action_masks(self) -> np.ndarray:
-        """Flat [n_tasks * 11] booleans for MaskablePPO (see ``DecisionSpace.masks``)."""
-        return self.space.masks(self._levels, self._decoded).reshape(-1)
+        """Flat booleans for MaskablePPO (``Proposer.masks``)."""
+        return self.proposer.masks()
 
     # ---- internals
 
     def _forecast(self) -> np.ndarray:
-        return self._forecasts[self._trace][self._t]
+        return self._forecasts[self._trace][self._t] * self._scale
 
     def _observation(self) -> np.ndarray:
-        return self.space.observation(self._levels, self._decoded, self._metrics,
-                                      self._demand_features[self._trace][self._t])
+        return self.proposer.observation(self._levels, self._decoded, self._metrics,
+                                         self._demand_features[self._trace][self._t], self._serving, self._forecast())
 
 
 @dataclass(frozen=True)

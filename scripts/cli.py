@@ -287,12 +287,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         policy = load_policy(args.policy, catalog)
         config = policy.env_config
-        policy.check_serves(tuple(_split(args.app, "app")) if args.app else config.apps, args.gpus or config.gpus,
+        policy.check_serves(tuple(_split(args.app, "app")) if args.app else config.apps, args.gpus or EnvConfig.gpus,
                             config.gpu_type, args.policy)
-    overrides = {k: v for k, v in (("apps", args.app), ("gpus", args.gpus), ("traces", args.trace or DEFAULT_TRACES))
-                 if v is not None}
-    config = EnvConfig.from_dict({**config.to_dict(), **overrides, "catalog": args.catalog, "part": "held_out",
-                                  "mode": "sim"}, "command line")
+    overrides = {k: v for k, v in (("apps", args.app), ("traces", args.trace or DEFAULT_TRACES)) if v is not None}
+    config = EnvConfig.from_dict({**config.to_dict(), **overrides, "gpus": args.gpus or EnvConfig.gpus, "max_gpus": None,
+                                  "catalog": args.catalog, "part": "held_out", "mode": "sim"}, "command line")
     names = _split(args.systems, "systems") if args.systems else [
         n for n in SYSTEM_NAMES if policy is not None or n not in POLICY_SYSTEMS]
     logdir = Path(args.logdir or time.strftime("runs/evaluate/%Y%m%d-%H%M%S"))
@@ -381,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", default=None, help="trace file(s), comma-separated (default: the shipped 3-app traces, "
                    "the real Azure one included); each is evaluated on its held-out last quarter")
     p.add_argument("--app", default=None, help="app name(s), comma-separated (default: the policy's, else the 3 H100 apps)")
-    p.add_argument("--gpus", type=int, default=None, help="GPUs in the cluster (default: the policy's, else 4)")
+    p.add_argument("--gpus", type=int, default=None, help="GPUs in the cluster (default 4; a policy must serve it)")
     p.add_argument("--intervals", type=int, default=None,
                    help="only the first N intervals of each held-out trace (default: all of it)")
     p.add_argument("--systems", default=None, help="comma-separated, of policy,policy_alone,zero_actor,random_actor,ilp,"

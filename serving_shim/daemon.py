@@ -97,6 +97,7 @@ class Daemon:
     def __init__(self, cfg: DaemonConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
         """Checks everything that can be checked without touching the machine; raises ``JigsawError``."""
         self.cfg, self.clock = cfg, clock
+        self.gpus = cfg.gpus  # the cluster now: an operator may change it mid-run (``resize``)
         self.catalog = load_catalog(cfg.catalog)
         self.gpu = self.catalog.gpu(cfg.gpu_type)
         if not cfg.apps:
@@ -184,8 +185,8 @@ class Daemon:
         if mismatch:
             raise PlanError(mismatch, file=source, field="gpus",
                             fix="list each replica once, as app/task, in an instance of its segment")
-        if len(plan.gpus) > self.cfg.gpus:
-            raise PlanError(f"plan uses {len(plan.gpus)} GPUs, the daemon has {self.cfg.gpus}", file=source,
+        if len(plan.gpus) > self.gpus:
+            raise PlanError(f"plan uses {len(plan.gpus)} GPUs, the daemon has {self.gpus}", file=source,
                             field="gpus", fix="raise --gpus or use a smaller plan")
         return plan
 
@@ -248,6 +249,14 @@ class Daemon:
                 await self._decide({a: max(r, self.cfg.min_rps) for a, r in self.rates_rps.items()}, busiest)
             except Exception as e:  # reconciling, or a bug: the current plan stays, the loop goes on
                 self.errors.record("control", e, "the control loop's step")
+
+    async def resize(self, gpus: int) -> None:
+        """The cluster lost or gained GPUs: the controller re-plans for ``gpus`` now, with the last measured rates
+        (a policy trained for other sizes hands the decision to the ILP; nothing is refused)."""
+        log.info("cluster resized from %d to %d GPUs; re-planning", self.gpus, gpus)
+        self.gpus = self.controller.gpus = gpus
+        self.reconciler.cluster_slices = float(gpus * self.gpu.compute_slices)
+        await self._decide({a: max(r, self.cfg.min_rps) for a, r in self.rates_rps.items()})
 
     async def _decide(self, demand: dict[str, float], peak: dict[str, float] | None = None) -> None:
         try:
@@ -348,8 +357,23 @@ class Daemon:
             if path == "/ready":
                 return Response.json(200, {"ready": True}) if self.ready() else Response.json(503, {"ready": False})
             return Response.json(200, self.status() if path == "/status" else {"ok": True})
+        if path == "/v1/cluster":
+            return await self._cluster(request)
         answer = await self.router.handle(request)
         return answer if answer is not None else Response.error(404, f"no endpoint {path}")
+
+    async def _cluster(self, request: Request) -> Response:
+        """``PUT /v1/cluster {"gpus": N}``: the cluster now has N GPUs (``resize``); the answer is the decision."""
+        if request.method != "PUT":
+            return Response.error(405, "use PUT with {\"gpus\": N}")
+        try:
+            gpus = json.loads(request.body)["gpus"]
+        except (ValueError, KeyError, TypeError):
+            gpus = None
+        if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 1:
+            return Response.error(400, "send JSON {\"gpus\": N} with N a whole number >= 1")
+        await self.resize(gpus)
+        return Response.json(200, {"gpus": self.gpus, "decision": self.decisions[-1] if self.decisions else None})
 
     def ready(self) -> bool:
         """A plan serves: applied, every task with a worker to take its batches, and the daemon not shutting
@@ -358,7 +382,7 @@ class Daemon:
                 and all(any(not r.draining and not r.closed for r in tq.replicas) for tq in self.router.queues.values()))
 
     def status(self) -> dict[str, Any]:
-        return {"backend": self.backend.name, "apps": list(self.cfg.apps), "url": self.url,
+        return {"backend": self.backend.name, "apps": list(self.cfg.apps), "gpus": self.gpus, "url": self.url,
                 "uptime_s": round(self.clock() - self.started_s, 3), "plan_source": self.plan_source,
                 "plan": self.plan.to_dict() if self.plan is not None else None, "slices_used": self.slices_used,
                 "rates_rps": self.rates_rps, "workers": self.reconciler.status(),

@@ -88,7 +88,9 @@ def test_same_seed_same_figures() -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--policy", "missing.zip"], "no such policy file"),
-    (["--policy", str(DEFAULT_POLICY), "--gpus", "8"], "the policy was trained for"),
+    (["--policy", str(DEFAULT_POLICY), "--gpus", "17"], "the policy was trained for"),  # past its 2..16 GPUs
+    (["--policy", str(DEFAULT_POLICY), "--gpus", "1"], "the policy was trained for"),
+    (["--policy", str(DEFAULT_POLICY), "--app", "social_media"], "the policy was trained for"),
     (["--systems", "ilp,nonsense"], "unknown system(s) nonsense"),
     (["--systems", "policy"], "the policy systems need a policy"),
     (["--systems", "random_actor"], "the policy systems need a policy"),

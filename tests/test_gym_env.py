@@ -19,20 +19,21 @@ from jigsaw.env import ENV_ID
 from jigsaw.env.gym_env import DEFAULT_TRACES, EnvConfig, JigsawEnv, forecast_rps
 from jigsaw.env.packing import Packer
 from jigsaw.env.perf import compile_plan, evaluate
+from jigsaw.env.propose import FOLLOW, REPLAN
 from jigsaw.env.space import ACTION_NVEC, BUDGET_RESOLUTION_MS, HISTORY, DecisionSpace, Levels
 from jigsaw.env.traces import DEFAULT_TRACE_DIR
 from jigsaw.profiles.catalog import load_catalog
 from jigsaw.profiles.errors import ConfigError
 from jigsaw.scripts.bench_env import random_actions
 
-NOOP = np.array([1, 1, 2])
+NOOP = np.array([1, 1, 2])  # per task: no level step
 
 
 @pytest.fixture(scope="module")
 def env() -> JigsawEnv:
     # the synthetic traces: on the Azure one's bursts a variant step's mask can allow a plan over the cluster's
     # slices (found 2026-12-06, left to the decision space's split; repair catches it)
-    return JigsawEnv(traces=DEFAULT_TRACES[:3])
+    return JigsawEnv(traces=DEFAULT_TRACES[:3], polish=False)
 
 
 def test_check_env_perf_and_sim() -> None:
@@ -55,7 +56,7 @@ def _rollout(seed: int, steps: int) -> tuple[list[np.ndarray], list[float]]:
     rng = np.random.default_rng(seed)
     seen, rewards = [obs], []
     for _ in range(steps):
-        obs, reward, _, truncated, _ = e.step(random_actions(e.action_masks(), rng))
+        obs, reward, _, truncated, _ = e.step(random_actions(e.action_masks(), e.action_space.nvec, rng))
         seen.append(obs)
         rewards.append(reward)
         if truncated:
@@ -75,6 +76,7 @@ def _assert_valid(env: JigsawEnv) -> None:
     """The decoded plan is a real plan: every task configured within its budget, budgets summing within
     each path's SLO, accuracy SLOs met, the layout valid and on at most the cluster's GPUs."""
     space, lv, d = env.space, env._levels, env._decoded
+    lv = lv.replace(variant=space.c_variant[d.config])  # held apps keep the variants in force
     assert (d.config >= 0).all() and d.app_ok.all()
     assert (space.incidence @ d.budget_ms <= space.slo_task[space.incidence.argmax(axis=1)] + 1e-6).all()
     assert (space.opts.latency_allowance * space.c_p95[d.config] <= d.budget_ms + 1e-6).all()
@@ -91,7 +93,7 @@ def test_masked_actions_never_give_an_infeasible_plan(gpus: int) -> None:
     e.reset(seed=gpus)
     rng = np.random.default_rng(gpus)
     for _ in range(150):
-        _, _, _, truncated, _ = e.step(random_actions(e.action_masks(), rng))
+        _, _, _, truncated, _ = e.step(random_actions(e.action_masks(), e.action_space.nvec, rng))
         _assert_valid(e)
         if truncated:
             e.reset()
@@ -100,15 +102,16 @@ def test_masked_actions_never_give_an_infeasible_plan(gpus: int) -> None:
 def test_each_allowed_single_move_is_feasible(env: JigsawEnv) -> None:
     """Masks are conservative: any one allowed choice, all other heads at no-change, gives levels whose every
     app is configured within its budgets and accuracy SLO; a variant or provisioning step also stays on no more
-    compute slices than the cluster has (masks judge capacity in slices; packing fragmentation, and the slices a
+    compute slices than the cluster has at the plan's row of the share ladder (masks judge capacity in slices
+    there; packing fragmentation, and the slices a
     budget step costs the other tasks of its paths, are left to the env's repair, as DecisionSpace.masks says)."""
     checked = 0
     for seed in range(4):
         env.reset(seed=seed)
         rng = np.random.default_rng(seed)
         for _ in range(3):
-            env.step(random_actions(env.action_masks(), rng))
-        space, lv, d = env.space, env._levels, env._decoded
+            env.step(random_actions(env.action_masks(), env.action_space.nvec, rng))
+        space, lv, d = env.space, env._levels, env._fresh
         masks = space.masks(lv, d)
         heads = np.cumsum((0, *ACTION_NVEC))
         for t in range(space.n_tasks):
@@ -121,6 +124,8 @@ def test_each_allowed_single_move_is_feasible(env: JigsawEnv) -> None:
                     proposed = Levels(levels[:, 0], levels[:, 1], levels[:, 2])
                     decoded = space.decode(proposed, d.forecast_rps)
                     assert decoded.app_ok.all(), (seed, t, h, choice)
+                    # masks judge the plan's own row of the share ladder (the decode may then move along it)
+                    decoded = space.decode(proposed, d.forecast_rps, share_level=d.share_level)
                     if not d.overloaded and h != 1:
                         assert decoded.slices <= space.total_slices, (seed, t, h, choice)
                     checked += 1
@@ -194,15 +199,15 @@ def test_polish_never_costs_more_nor_breaks_what_the_check_accepted(gpus: int) -
     """Along random walks: a polished plan fits the GPUs, keeps every app configured within its accuracy SLO,
     takes no more slices than the plan it started from, and passes the controller's check whenever that plan did
     (a squeezed start, which the check refuses, comes back squeezed or fitting)."""
-    env = JigsawEnv(gpus=gpus)
+    env = JigsawEnv(gpus=gpus, polish=False)
     space = env.space
     controller = Controller(env.catalog, "h100", space.apps, gpus)
     rng, improved = np.random.default_rng(0), 0
     env.reset(seed=0)
     for _ in range(60):
-        if env.step(random_actions(env.action_masks(), rng))[3]:
+        if env.step(random_actions(env.action_masks(), env.action_space.nvec, rng))[3]:
             env.reset()
-        levels, decoded = env._levels, env._decoded
+        levels, decoded = env._levels, env._fresh
         forecast = dict(zip(space.apps, decoded.forecast_rps.tolist(), strict=True))
         polished, d = space.polish(levels, decoded, decoded.forecast_rps)
         assert d.app_ok.all() and d.gpus <= gpus
@@ -290,7 +295,7 @@ def test_the_steps_compiled_shortcuts_agree_with_the_plain_paths(gpus: int) -> N
     e.reset(seed=5)
     space, rng = e.space, np.random.default_rng(5)
     for _ in range(40):
-        _, _, _, truncated, _ = e.step(random_actions(e.action_masks(), rng))
+        _, _, _, truncated, _ = e.step(random_actions(e.action_masks(), e.action_space.nvec, rng))
         f = e._forecast()
         levels = Levels(rng.integers(0, space.n_variants), rng.integers(1, 6, space.n_tasks),
                         rng.integers(0, 10, space.n_tasks))
@@ -358,7 +363,7 @@ def test_vectorised_wrappers() -> None:
             rng = np.random.default_rng(0)
             for _ in range(5):
                 masks = np.stack(vec.env_method("action_masks"))
-                obs, rewards, _, infos = vec.step(random_actions(masks, rng))
+                obs, rewards, _, infos = vec.step(random_actions(masks, vec.action_space.nvec, rng))
                 assert np.isfinite(rewards).all() and "violation" in infos[0]
         finally:
             vec.close()
@@ -367,14 +372,14 @@ def test_vectorised_wrappers() -> None:
 def test_stepping_past_the_episode_asks_for_a_reset() -> None:
     e = JigsawEnv(episode_intervals=3)
     with pytest.raises(gym.error.ResetNeeded):
-        e.step(np.tile(NOOP, e.space.n_tasks))
+        e.step(e.action_space.nvec // 2)
     e.reset(seed=0)
-    truncated = [e.step(np.tile(NOOP, e.space.n_tasks))[3] for _ in range(3)]
+    truncated = [e.step(e.action_space.nvec // 2)[3] for _ in range(3)]
     assert truncated == [False, False, True]
     with pytest.raises(gym.error.ResetNeeded, match="reset"):
-        e.step(np.tile(NOOP, e.space.n_tasks))
+        e.step(e.action_space.nvec // 2)
     e.reset()
-    e.step(np.tile(NOOP, e.space.n_tasks))
+    e.step(e.action_space.nvec // 2)
 
 
 def test_levels_out_of_range_are_clipped(env: JigsawEnv) -> None:
@@ -402,22 +407,20 @@ def test_trace_without_the_apps(tmp_path) -> None:
 
 
 def test_a_change_takes_time_and_carries_to_the_next_step() -> None:
-    """A step that changes a task's variant starts new workers: for their start-up the old ones serve and both
+    """A step that adds capacity starts new workers: for their start-up the old ones serve and both
     hold slices (the reward's slices are time-weighted); the change's completion time carries to the next step,
     and a step that changes nothing is instant."""
-    env = JigsawEnv(traces=DEFAULT_TRACES[:1], random_levels=False)
+    env = JigsawEnv(traces=DEFAULT_TRACES[:1], random_levels=False, polish=False)
     env.reset(seed=0)
     startup = env.catalog.transitions_for("h100").default_startup_s
-    noop = np.tile(np.array([n // 2 for n in ACTION_NVEC]), env.space.n_tasks)
-    _, _, _, _, info = env.step(noop)
+    n_apps = len(env.space.apps)
+    keep = np.array([FOLLOW] * n_apps + [0] * n_apps)  # the workers in force at the capacity they were sized with
+    _, _, _, _, info = env.step(keep)
     assert not info["workers_changed"] and info["changing_s"] == 0.0
     assert info["held_slices"] == pytest.approx(info["slices"])
-    masks = env.action_masks().reshape(env.space.n_tasks, -1)
-    task = next(t for t in range(env.space.n_tasks) if masks[t, 0])  # a variant step down is allowed
-    action = noop.reshape(env.space.n_tasks, -1).copy()
-    action[task, 0] = 0
+    action = np.array([REPLAN] * n_apps + [4] * n_apps)  # twice the capacity: new workers start
     before = env._serving
-    _, _, _, _, info = env.step(action.reshape(-1))
+    _, _, _, _, info = env.step(action)
     assert info["workers_changed"]
     assert startup <= info["changing_s"] <= env.config.interval_s
     assert env._ready_s == pytest.approx((env._t - 1) * env.config.interval_s + info["changing_s"])

@@ -90,7 +90,7 @@ def test_export_gives_the_checkpoint_s_actions(trained: Path, tmp_path: Path) ->
     for _ in range(20):
         mask = env.action_masks()
         expected, _ = model.predict(obs, action_masks=mask, deterministic=True)
-        ours = exported.actor.act(obs, mask).reshape(-1)
+        ours = exported.actor.act(obs, mask, env.action_space.nvec)
         assert (ours == expected).all()
         obs, _, terminated, truncated, _ = env.step(ours)
         if terminated or truncated:
@@ -112,36 +112,39 @@ def test_bad_hyperparameters(tmp_path: Path, capsys: pytest.CaptureFixture[str])
                  "--logdir", str(tmp_path / "tb")]) == 2
 
 
-def test_the_shipped_policy_loads_and_decides_on_held_out_demand() -> None:
+@pytest.mark.parametrize("gpus", [2, 4, 16])
+def test_the_shipped_policy_loads_and_decides_on_held_out_demand(gpus: int) -> None:
+    """At each end of its range and at the default cluster, on the held-out demand scaled to the cluster."""
     catalog = load_catalog()
     policy = load_policy(DEFAULT_POLICY, catalog)
     config = policy.env_config
-    assert (config.apps, config.gpus) == (("social_media", "traffic_analysis", "ar_assistant"), 4)
+    assert config.apps == ("social_media", "traffic_analysis", "ar_assistant") and gpus in policy.sizes
     decisions = []
-    for demand in JigsawEnv(config.to_dict() | {"part": "held_out"}).interval_demand:  # each trace, as evaluate
+    env = JigsawEnv(config.to_dict() | {"part": "held_out", "gpus": gpus, "max_gpus": None})
+    for demand in env.interval_demand:  # each trace, as evaluate
         policy.reset()
-        ctl = Controller(catalog, config.gpu_type, list(config.apps), config.gpus, proposer=policy.proposer,
+        ctl = Controller(catalog, config.gpu_type, list(config.apps), gpus, proposer=policy.proposer,
                          policy_version=policy.version)
         decisions += [ctl.decide(dict(zip(config.apps, rates.tolist(), strict=True))) for rates in demand[:6]]
     assert all(d.plan is not None and d.source in ("policy", "ilp") for d in decisions)
     assert all(d.policy_version == policy.version and np.isfinite(d.policy_slices) for d in decisions)
     accepted = [d for d in decisions if d.source == "policy"]
     assert accepted, [d.verdict for d in decisions]  # a trained policy's plans pass the safety check
-    assert all(d.policy_slices <= config.gpus * catalog.gpu("h100").compute_slices for d in accepted)
+    assert all(d.policy_slices <= gpus * catalog.gpu("h100").compute_slices for d in accepted)
 
 
 def test_after_a_fallback_the_policy_continues_from_the_plan_in_force() -> None:
     catalog = load_catalog()
     policy = load_policy(DEFAULT_POLICY, catalog)
-    config, space = policy.env_config, policy.space
+    config, space = policy.env_config, policy.for_gpus(4).space
     rates = {"social_media": 300.0, "traffic_analysis": 150.0, "ar_assistant": 60.0}
-    ilp_plan = Controller(catalog, config.gpu_type, list(config.apps), config.gpus).decide(rates).plan
+    ilp_plan = Controller(catalog, config.gpu_type, list(config.apps), 4).decide(rates).plan
     nearest = space.levels_of(ilp_plan)
     names = [catalog.app(a).task(t).variants[v].name for (a, t), v in zip(space.tasks, nearest.variant, strict=True)]
     assert names == [ilp_plan.apps[a][t].variant for a, t in space.tasks]
     assert ((nearest.weight >= 1) & (nearest.weight <= 5)).all() and (nearest.provision == 0).all()
     history = np.tile(np.array([list(rates.values())]), (2, 1))
-    own = policy.proposer(history, rates, None)
-    policy.proposer(history, rates, own)  # its own plan applied: it steps on from its levels
-    policy.proposer(history, rates, ilp_plan)  # the ILP's plan applied: one step from the ILP's levels
+    own = policy.proposer(history, rates, None, 4)
+    policy.proposer(history, rates, own, 4)  # its own plan applied: it steps on from its levels
+    policy.proposer(history, rates, ilp_plan, 4)  # the ILP's plan applied: one step from the ILP's levels
     assert (np.abs(policy.levels.variant - nearest.variant) <= 1).all()

@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Coroutine
 from typing import Any
@@ -200,3 +201,27 @@ def test_a_stopped_worker_is_declared_hung_and_replaced_under_load(shim):
     assert 'jigsaw_worker_restarts_total{cause="hung"} 1' in metrics
     status_code, doc = shim.post(b"{}")
     assert status_code == 200 and doc["status"] in ("ok", "violated")
+
+
+def test_the_cluster_can_change_size_mid_run(shim):
+    """An operator tells the daemon its cluster changed (``PUT /v1/cluster``): the controller re-plans for the new
+    size at once, under load, losing nothing; a body without a whole number of GPUs is a 400, nothing changes."""
+    decided = len(shim.daemon.decisions)
+
+    async def grow() -> None:
+        await shim.in_daemon(shim.daemon.resize(2))
+
+    summary = shim.under_load(4.0, grow).summary()
+    assert summary["lost"] == 0 and summary["errors"] == 0, summary
+    status = shim.get("/status")
+    assert status["gpus"] == 2 and shim.daemon.controller.gpus == 2
+    assert len(shim.daemon.decisions) == decided + 1 and status["decisions"][-1]["source"] in ("ilp", "hold")
+    for body in (b'{"gpus": 0}', b'{"gpus": "two"}', b"not json"):
+        req = urllib.request.Request(shim.daemon.url + "/v1/cluster", data=body, method="PUT")
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=30)
+        assert e.value.code == 400
+    req = urllib.request.Request(shim.daemon.url + "/v1/cluster", data=b'{"gpus": 1}', method="PUT")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert json.loads(r.read())["gpus"] == 1
+    shim.plan = Plan.from_dict(shim.get("/status")["plan"])
