@@ -227,15 +227,16 @@ def test_split_budgets_are_the_cheapest_split_by_brute_force(apps: tuple[str, ..
     classifiers) and a chain of three."""
     space = JigsawEnv(apps=apps, gpus=4).space
     rng = np.random.default_rng(1)
-    slo_cells, need, share = space._slo_cells, space._need_cell, space._shares
+    tables, share = space._tables, space._shares
+    slo_cells, need = tables.split.slo_cells, tables.split.need_cell
     for _ in range(12):
         variant = rng.integers(0, space.n_variants)
         levels = Levels(variant, rng.integers(1, 6, space.n_tasks), rng.integers(0, 4, space.n_tasks))
         forecast, level = rng.uniform(20.0, 400.0, 1), int(rng.integers(0, share.shape[0]))
         d = space.decode(levels, forecast, split=True, share_level=level)
-        load = forecast[0] * d.items * space._capacity_factor[levels.provision]
+        load = forecast[0] * d.items * tables.sizing.lookup.capacity_factor[levels.provision]
         options = [np.flatnonzero((space.c_task == t) & (space.c_variant == variant[t])) for t in range(space.n_tasks)]
-        cost = [np.maximum(1.0, np.ceil(load[t] * space._c_inv_thr[k] - 1e-9)) * share[level, k]
+        cost = [np.maximum(1.0, np.ceil(load[t] * tables.sizing.lookup.inv_thr[k] - 1e-9)) * share[level, k]
                 for t, k in enumerate(options)]
         grid = np.ix_(*(np.arange(len(k)) for k in options))  # every combination, one axis per task
         total = sum(c[g] for c, g in zip(cost, grid, strict=True))
@@ -265,7 +266,7 @@ def test_an_app_whose_paths_join_keeps_its_weights_budgets_under_polish(toy, tmp
     catalog = load_catalog(spec.write(tmp_path))
     space = DecisionSpace(catalog, "toy", ["chain", "diamond"], 6)
     diamond = np.array([a == "diamond" for a, _ in space.tasks])
-    assert np.array_equal(space._split_free, ~diamond)
+    assert np.array_equal(space._tables.split.free, ~diamond)
     for rate in (5.0, 20.0):
         forecast = np.array([rate, rate])
         levels, weights, _ = space.repair(space.initial(), space.initial(), forecast)

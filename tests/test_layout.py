@@ -62,7 +62,8 @@ def test_the_wheel_installs_one_top_level_name_and_ships_its_data(tmp_path: Path
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"jigsaw"}
-    for shipped in ("jigsaw/__init__.py", "jigsaw/env/gym_env.py", "jigsaw/serving_shim/backends/cpu.py",
+    for shipped in ("jigsaw/__init__.py", "jigsaw/env/gym_env.py", "jigsaw/env/space/decode.py",
+                    "jigsaw/serving_shim/backends/cpu.py",
                     "jigsaw/agents/policies/default.npz", "jigsaw/agents/policies/default.json",
                     "jigsaw/agents/hyperparams/maskable_ppo.yml", "jigsaw/profiles/data/catalog.yaml",
                     "jigsaw/profiles/data/h100/profiles.csv"):
