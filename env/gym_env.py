@@ -203,7 +203,7 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
                 self._startup[i, v] = times.startup(variant.name)
         self._trace = self._t = self._end = 0
         self._levels = base.initial()
-        self._decoded = self._serving = self._fresh = base.decode(self._levels, np.zeros(n_apps))
+        self._decoded = self._serving = base.decode(self._levels, np.zeros(n_apps))
         self._metrics: Any = None
 
     def _load_traces(self) -> tuple[list[Trace], list[np.ndarray]]:
@@ -255,7 +255,6 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
                               rng.integers(0, len(PROVISION_LEVELS), size=space.n_tasks))
             start = space.repair(start, proposed, self._forecast())[0]
         self._levels, self._decoded, _ = space.repair(start, start, self._forecast())
-        self._fresh = self._decoded
         self._metrics = space.evaluate(self._decoded, self._forecast())
         self._serving = self._decoded  # in force, warm, at the episode's start
         self._serving_plan = space.plan(self._levels, self._decoded) if self.config.mode == "sim" else None
@@ -268,7 +267,7 @@ class JigsawEnv(gym.Env[np.ndarray, np.ndarray]):
             raise gym.error.ResetNeeded("the episode has ended (truncated): call reset() before step()")
         cfg, space = self.config, self.space
         proposal = self.proposer.step(self._levels, self._serving, action, self._forecast())
-        self._levels, self._decoded, self._fresh = proposal.levels, proposal.decoded, proposal.fresh
+        self._levels, self._decoded = proposal.levels, proposal.decoded
         d = self._decoded
         t0 = self._t * cfg.interval_s
         pieces, changed = self._apply(d, t0)

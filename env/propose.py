@@ -39,7 +39,6 @@ HOLD_FEATURES = 3  # per app: the forecast's coverage by the workers in force, t
 class Proposal:
     levels: Levels  # the fresh plan's levels, the next step's start (held apps keep their workers, not levels)
     decoded: Decoded  # the plan proposed: the fresh plan with the held apps' workers kept
-    fresh: Decoded  # what the levels decode to (repaired, polished): what the next step's masks judge
     repairs: int
     held: np.ndarray  # [n_apps] the hold choice applied (after any dropped for the GPUs)
 
@@ -76,9 +75,9 @@ class Proposer:
         while (held != REPLAN).any():
             decoded = self.held(fresh, levels, in_force, held, forecast)
             if decoded.gpus <= space.n_gpus:
-                return Proposal(levels, decoded, fresh, repairs, held)
+                return Proposal(levels, decoded, repairs, held)
             held = np.where(held == HOLD, FOLLOW, REPLAN) if (held == HOLD).any() else np.full_like(held, REPLAN)
-        return Proposal(levels, fresh, fresh, repairs, held)
+        return Proposal(levels, fresh, repairs, held)
 
     def held(self, fresh: Decoded, levels: Levels, in_force: Decoded, held: np.ndarray,
              forecast: np.ndarray) -> Decoded:
@@ -115,7 +114,7 @@ class Proposer:
 
     def masks(self) -> np.ndarray:
         """Flat booleans for MaskablePPO: every choice (a hold the GPUs cannot take is dropped, and capacity the
-        cluster cannot hold is repaired down, by ``step``)."""
+        cluster cannot hold is repaired down, by ``step``: no choice is ever invalid)."""
         return np.ones(int(self.nvec.sum()), dtype=bool)
 
     def observation(self, levels: Levels, decoded: Decoded, metrics: object, demand_features: np.ndarray,

@@ -282,15 +282,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     catalog = load_catalog(args.catalog)
     policy, config = None, EnvConfig()
+    gpus = EnvConfig.gpus if args.gpus is None else args.gpus  # 0 is refused by EnvConfig, not read as the default
     if args.policy:
         from jigsaw.agents.ppo import load_policy
 
         policy = load_policy(args.policy, catalog)
         config = policy.env_config
-        policy.check_serves(tuple(_split(args.app, "app")) if args.app else config.apps, args.gpus or EnvConfig.gpus,
+        policy.check_serves(tuple(_split(args.app, "app")) if args.app else config.apps, gpus,
                             config.gpu_type, args.policy)
     overrides = {k: v for k, v in (("apps", args.app), ("traces", args.trace or DEFAULT_TRACES)) if v is not None}
-    config = EnvConfig.from_dict({**config.to_dict(), **overrides, "gpus": args.gpus or EnvConfig.gpus, "max_gpus": None,
+    config = EnvConfig.from_dict({**config.to_dict(), **overrides, "gpus": gpus, "max_gpus": None,
                                   "catalog": args.catalog, "part": "held_out", "mode": "sim"}, "command line")
     names = _split(args.systems, "systems") if args.systems else [
         n for n in SYSTEM_NAMES if policy is not None or n not in POLICY_SYSTEMS]

@@ -20,13 +20,11 @@ from jigsaw.env.gym_env import DEFAULT_TRACES, EnvConfig, JigsawEnv, forecast_rp
 from jigsaw.env.packing import Packer
 from jigsaw.env.perf import compile_plan, evaluate
 from jigsaw.env.propose import FOLLOW, REPLAN
-from jigsaw.env.space import ACTION_NVEC, BUDGET_RESOLUTION_MS, HISTORY, DecisionSpace, Levels
+from jigsaw.env.space import BUDGET_RESOLUTION_MS, HISTORY, DecisionSpace, Levels
 from jigsaw.env.traces import DEFAULT_TRACE_DIR
 from jigsaw.profiles.catalog import load_catalog
 from jigsaw.profiles.errors import ConfigError
 from jigsaw.scripts.bench_env import random_actions
-
-NOOP = np.array([1, 1, 2])  # per task: no level step
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +86,7 @@ def _assert_valid(env: JigsawEnv) -> None:
 
 
 @pytest.mark.parametrize("gpus", [3, 4, 120])
-def test_masked_actions_never_give_an_infeasible_plan(gpus: int) -> None:
+def test_random_actions_never_give_an_infeasible_plan(gpus: int) -> None:
     e = JigsawEnv(gpus=gpus)
     e.reset(seed=gpus)
     rng = np.random.default_rng(gpus)
@@ -97,39 +95,6 @@ def test_masked_actions_never_give_an_infeasible_plan(gpus: int) -> None:
         _assert_valid(e)
         if truncated:
             e.reset()
-
-
-def test_each_allowed_single_move_is_feasible(env: JigsawEnv) -> None:
-    """Masks are conservative: any one allowed choice, all other heads at no-change, gives levels whose every
-    app is configured within its budgets and accuracy SLO; a variant or provisioning step also stays on no more
-    compute slices than the cluster has at the plan's row of the share ladder (masks judge capacity in slices
-    there; packing fragmentation, and the slices a
-    budget step costs the other tasks of its paths, are left to the env's repair, as DecisionSpace.masks says)."""
-    checked = 0
-    for seed in range(4):
-        env.reset(seed=seed)
-        rng = np.random.default_rng(seed)
-        for _ in range(3):
-            env.step(random_actions(env.action_masks(), env.action_space.nvec, rng))
-        space, lv, d = env.space, env._levels, env._fresh
-        masks = space.masks(lv, d)
-        heads = np.cumsum((0, *ACTION_NVEC))
-        for t in range(space.n_tasks):
-            for h in range(3):
-                for choice in range(ACTION_NVEC[h]):
-                    if choice == NOOP[h] or not masks[t, heads[h] + choice]:
-                        continue
-                    levels = np.stack([lv.variant, lv.weight, lv.provision], axis=1)
-                    levels[t, h] += choice - NOOP[h]
-                    proposed = Levels(levels[:, 0], levels[:, 1], levels[:, 2])
-                    decoded = space.decode(proposed, d.forecast_rps)
-                    assert decoded.app_ok.all(), (seed, t, h, choice)
-                    # masks judge the plan's own row of the share ladder (the decode may then move along it)
-                    decoded = space.decode(proposed, d.forecast_rps, share_level=d.share_level)
-                    if not d.overloaded and h != 1:
-                        assert decoded.slices <= space.total_slices, (seed, t, h, choice)
-                    checked += 1
-    assert checked > 20
 
 
 def test_budgets_by_hand(env: JigsawEnv) -> None:
@@ -207,7 +172,9 @@ def test_polish_never_costs_more_nor_breaks_what_the_check_accepted(gpus: int) -
     for _ in range(60):
         if env.step(random_actions(env.action_masks(), env.action_space.nvec, rng))[3]:
             env.reset()
-        levels, decoded = env._levels, env._fresh
+        proposed = Levels(rng.integers(0, space.n_variants), rng.integers(1, 6, space.n_tasks),
+                          rng.integers(0, 10, space.n_tasks))
+        levels, decoded, _ = space.repair(env._levels, proposed, env._forecast())
         forecast = dict(zip(space.apps, decoded.forecast_rps.tolist(), strict=True))
         polished, d = space.polish(levels, decoded, decoded.forecast_rps)
         assert d.app_ok.all() and d.gpus <= gpus
@@ -381,13 +348,6 @@ def test_stepping_past_the_episode_asks_for_a_reset() -> None:
         e.step(e.action_space.nvec // 2)
     e.reset()
     e.step(e.action_space.nvec // 2)
-
-
-def test_levels_out_of_range_are_clipped(env: JigsawEnv) -> None:
-    env.reset(seed=0)
-    top = Levels(env.space.n_variants - 1, np.full(env.space.n_tasks, 5), np.full(env.space.n_tasks, 9))
-    new, _, _ = env.space.step(top, np.tile([2, 2, 4], env.space.n_tasks), env._forecast())
-    assert (new.variant <= env.space.n_variants - 1).all() and (new.weight <= 5).all() and (new.provision <= 9).all()
 
 
 @pytest.mark.parametrize("doc, field", [

@@ -81,7 +81,7 @@ def test_bad_daemon_inputs_are_one_line_and_exit_2(tmp_path, capsys, builtin_cat
     err = _one_line_exit_2(capsys, "--policy", str(tmp_path / "p.zip"), "--run-dir", str(tmp_path / "r"))
     assert "no such policy file" in err
     err = _one_line_exit_2(capsys, "--policy", str(DEFAULT_POLICY), "--run-dir", str(tmp_path / "r"))
-    assert "trained for social_media,traffic_analysis,ar_assistant on 4 x h100" in err  # this daemon: 1 app, 1 GPU
+    assert "trained for social_media,traffic_analysis,ar_assistant on 2..16 x h100" in err  # this daemon: 1 app, 1 GPU
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()

@@ -1,5 +1,5 @@
 """``DecisionSpace``: the decision space for some apps on a cluster -- its tables, built once, and the kernels of
-``levels``, ``decode``, ``repair``, ``polish``, ``masks`` and ``observation`` called with them. Shared by the
+``decode``, ``repair``, ``polish`` and ``observation`` called with them. Shared by the
 Gymnasium environment (``jigsaw.env.gym_env``) and the controller's policy proposer."""
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from jigsaw.env.packing import Packer
 from jigsaw.env.perf import CompiledPlan, Metrics, compile_plan, config_table, evaluate_configs, service_rows, with_configs
 from jigsaw.env.plan import Plan, TaskConfig
 from jigsaw.env.space import decode as dec
-from jigsaw.env.space import masks as msk
 from jigsaw.env.space import observation as obs
 from jigsaw.env.space import polish as pol
 from jigsaw.env.space import repair as rep
@@ -27,9 +26,7 @@ from jigsaw.env.space.levels import (
     POLISH_ROUNDS,
     POLISH_TRIES,
     PROVISION_LEVELS,
-    Bounds,
     Levels,
-    stepped,
 )
 from jigsaw.env.space.tables import (
     Accuracy,
@@ -133,10 +130,6 @@ class DecisionSpace:
                           packing=Packing(*self.packer.tables, total_slices=self.total_slices, n_gpus=gpus))
         accuracy = Accuracy(task_app=self.task_app, incidence=self.incidence, log_accuracy=self.log_accuracy,
                             log_slo=self.log_acc_slo, path_app=self.path_app, n_apps=len(self.apps))
-        fanout_tasks = sorted({u for u, _, fan in self.edges if np.ptp(fan[:self.n_variants[u]]) > 0})
-        bounds = Bounds(no_change=np.array([1, 1, 2]), low=np.array([0, 1, 0]),
-                        high=np.stack([self.n_variants - 1, np.full(n, BUDGET_LEVELS),
-                                       np.full(n, len(PROVISION_LEVELS) - 1)], axis=1))
         # the exact budget split runs over each app's tree of tasks: per task its parent (-1: a source). An app
         # where paths join (a task with two parents) is no tree: its tasks keep their weights' budgets
         parent, parents = np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.int64)
@@ -153,10 +146,10 @@ class DecisionSpace:
                         path_slo_ms=self.path_slo_ms)
         self._tables = Tables(sizing=sizing, accuracy=accuracy, fitting=fitting,
                               steps=steps(self.n_variants, self.c_instance_slices, self.min_budget, self.log_accuracy,
-                                          self.co_path, np.array(fanout_tasks, dtype=np.int64)),
-                              split=split, scales=scales, bounds=bounds)
+                                          self.co_path),
+                              split=split, scales=scales)
         # what the kernels are called with: the same, plain (``tables`` says why)
-        self._sizing, self._accuracy, self._fitting, self._steps, self._split, self._scales, self._bounds = map(
+        self._sizing, self._accuracy, self._fitting, self._steps, self._split, self._scales = map(
             plain, self._tables)
 
     @property
@@ -208,17 +201,6 @@ class DecisionSpace:
                            self._accuracy, self._fitting)
         return _decoded(s, False, forecast_rps, first)
 
-    # ---- actions
-
-    def step(self, levels: Levels, action: np.ndarray, forecast_rps: np.ndarray) -> tuple[Levels, Decoded, int]:
-        """Apply ``action`` ([n_tasks, 3] or flat, MultiDiscrete ACTION_NVEC per task) to ``levels``: the new
-        levels, what they decode to (repaired, ``jigsaw.env.space.repair``), and how many repairs it took."""
-        a = np.asarray(action, dtype=np.int64).reshape(-1)
-        if a.size != 3 * self.n_tasks:
-            raise ValueError(f"action has {a.size} entries; the space takes 3 per task, {3 * self.n_tasks}")
-        proposed = Levels(*stepped(levels.variant, levels.weight, levels.provision, a, self._bounds))
-        return self.repair(levels, proposed, forecast_rps)
-
     def repair(self, previous: Levels, proposed: Levels, forecast_rps: np.ndarray) -> tuple[Levels, Decoded, int]:
         """``proposed`` made valid against ``previous`` (which must be valid), as ``jigsaw.env.space.repair`` says:
         the levels, what they decode to, and how many repairs it took."""
@@ -265,17 +247,6 @@ class DecisionSpace:
                 current = d
                 break
         return (levels, current) if current.gpus <= n_gpus else (levels, decoded)
-
-    def masks(self, levels: Levels, decoded: Decoded) -> np.ndarray:
-        """[n_tasks, 11] booleans, per task the 3 + 3 + 5 choices of ACTION_NVEC that are allowed. Conservative
-        per head (``jigsaw.env.space.masks``): a variant step off the ladder, to a variant with no configuration at
-        the current budget or under the accuracy SLO; a budget step off 1..BUDGET_LEVELS, leaving this task or
-        another on its paths with no configuration; a provisioning step off the levels or one whose extra slices
-        exceed the free ones."""
-        d = decoded
-        return msk.masks(levels.variant, levels.weight, levels.provision, d.budget_ms, d.items, d.config, d.replicas,
-                         d.slices, d.forecast_rps, self._shares[d.share_level:d.share_level + 1], self._sizing,
-                         self._accuracy, self._fitting, self._steps)
 
     # ---- configuration -> plan
 

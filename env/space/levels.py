@@ -1,11 +1,11 @@
-"""The agent's levels and actions: per task a variant, a budget weight and a provisioning level, stepped by
-MultiDiscrete ACTION_NVEC; the constants every part of the decision space shares; the demand forecast.
+"""The levels a plan is decoded from: per task a variant, a budget weight and a provisioning level; the constants
+every part of the decision space shares; the demand forecast.
 
-* **Variant**: an index into the task's ladder (least to most accurate); a step moves it by one.
+* **Variant**: an index into the task's ladder (least to most accurate).
 * **Budget weight**: w_t in 1..BUDGET_LEVELS; the task's share of its app's latency SLO (``decode``).
 * **Provisioning**: an index into PROVISION_LEVELS, capacity over the forecast items/s beyond the controller's
-  headroom. The slice-count action steps this level rather than replicas, so one action means the same thing at
-  4 and at 120 GPUs and a task's slices follow demand between decisions.
+  headroom: a level rather than a replica count, so that it means the same thing at 4 and at 120 GPUs (the
+  proposer, ``jigsaw.env.propose``, sets it per app).
 
 ``kernel`` is how every compiled function of the package compiles. numba caches each function's machine code
 beside its own file and does not notice a change in another file it calls or a constant it reads
@@ -15,12 +15,10 @@ beside its own file and does not notice a change in another file it calls or a c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numba
 import numpy as np
 
-ACTION_NVEC = (3, 3, 5)  # per task: variant step -1..+1, budget step -1..+1, provisioning step -2..+2
 BUDGET_LEVELS = 5
 PROVISION_LEVELS = np.array([1.0, 1.05, 1.1, 1.15, 1.2, 1.3, 1.4, 1.5, 1.75, 2.0])
 BUDGET_RESOLUTION_MS = 0.5  # budgets are floored to this grid when configurations are looked up
@@ -60,23 +58,3 @@ class Levels:
     def same_configuration(self, other: Levels) -> bool:
         """Same variants and budget weights (provisioning may differ)."""
         return np.array_equal(self.variant, other.variant) and np.array_equal(self.weight, other.weight)
-
-
-class Bounds(NamedTuple):
-    """Where each head of ACTION_NVEC leaves a level unchanged, and the levels' ranges."""
-
-    no_change: np.ndarray  # [3] the no-change choice of each head
-    low: np.ndarray  # [3] the lowest level of each head
-    high: np.ndarray  # [n_tasks, 3] the highest level of each head, per task
-
-
-@kernel
-def stepped(variant, weight, provision, action, bounds):  # pragma: no cover - compiled
-    """``DecisionSpace.step``'s new levels: per task each level moved by its head's choice (``action``, flat,
-    3 per task) less the no-change one, clipped to the level's range."""
-    bounds = Bounds(*bounds)  # named on entry (``tables``)
-    out = np.empty((3, variant.size), dtype=np.int64)
-    for t in range(variant.size):
-        for h, level in enumerate((variant, weight, provision)):
-            out[h, t] = min(max(level[t] + action[3 * t + h] - bounds.no_change[h], bounds.low[h]), bounds.high[t, h])
-    return out[0], out[1], out[2]

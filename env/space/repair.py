@@ -19,8 +19,29 @@ import numpy as np
 
 from jigsaw.env.space.decode import Sized, decode, gpus_of, instances
 from jigsaw.env.space.levels import SQUEEZE_STEP, SQUEEZE_TRIES, kernel
-from jigsaw.env.space.masks import variant_steps_ok
 from jigsaw.env.space.tables import Accuracy, fitting_of, steps_of
+
+
+@kernel
+def variant_steps_ok(variant, budget, accuracy, neighbours):  # pragma: no cover - compiled
+    """[n_tasks, 2]: whether the variant a step down, up has a configuration at the task's budget and keeps the
+    tightest path through the task within its accuracy SLO."""
+    incidence = accuracy.incidence
+    n, n_paths = variant.size, incidence.shape[0]
+    room = np.full(n, np.inf)  # how far each task's accuracy may drop
+    for p in range(n_paths):
+        x = 0.0
+        for t in range(n):
+            x += incidence[p, t] * accuracy.log_accuracy[t, variant[t]]
+        for t in range(n):
+            if incidence[p, t] > 0:
+                room[t] = min(room[t], x - accuracy.log_slo[p])
+    ok = np.empty((n, 2), dtype=np.bool_)
+    for t in range(n):
+        for j in range(2):
+            ok[t, j] = (neighbours.min_budget_ms[t, variant[t], j] <= budget[t] + 1e-9
+                        and neighbours.accuracy_drop[t, variant[t], j] <= room[t] + 1e-9)
+    return ok
 
 
 @kernel

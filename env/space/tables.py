@@ -21,7 +21,7 @@ import numba
 import numpy as np
 
 from jigsaw.env.candidates import Features, SolverOptions, candidates
-from jigsaw.env.space.levels import BUDGET_RESOLUTION_MS, NONE, PROVISION_LEVELS, SHARE_LADDER, Bounds
+from jigsaw.env.space.levels import BUDGET_RESOLUTION_MS, NONE, SHARE_LADDER
 from jigsaw.profiles.catalog import Catalog
 from jigsaw.profiles.errors import SolverError
 from jigsaw.profiles.types import GpuType
@@ -107,17 +107,12 @@ class Neighbours(NamedTuple):
 
 
 class Steps(NamedTuple):
-    """What one step of a level can reach: read by masks, by repair's variant steps and by polish's moves."""
+    """What one variant step can reach: read by repair's variant steps and by polish's moves."""
 
     neighbours: Neighbours
     n_variants: np.ndarray  # [n_tasks]
     instance_slices: np.ndarray  # [n_configs] compute slices of the configuration's MIG instance
-    min_budget_ms: np.ndarray  # [n_tasks, v_max] the least budget a variant's configurations need
     co_path: np.ndarray  # [n_tasks, n_tasks] bool, another task on a path through the task
-    fanout_tasks: np.ndarray  # tasks whose variant changes the items sent downstream
-    provision_ok: np.ndarray  # [len(PROVISION_LEVELS), 4] the steps -2, -1, +1, +2 stay on the levels
-    provision_ratio: np.ndarray  # [len(PROVISION_LEVELS), 4] the replicas' growth by the step
-    provision_down: np.ndarray  # [4] the step lowers the level
 
 
 class SplitTables(NamedTuple):
@@ -152,7 +147,6 @@ class Tables(NamedTuple):
     steps: Steps
     split: SplitTables
     scales: Scales
-    bounds: Bounds
 
 
 def plain(t: tuple) -> tuple:
@@ -281,19 +275,13 @@ def chains(edges: list[tuple[int, int, np.ndarray]], sources: np.ndarray) -> tup
 
 
 def steps(n_variants: np.ndarray, instance_slices: np.ndarray, min_budget_ms: np.ndarray, log_accuracy: np.ndarray,
-          co_path: np.ndarray, fanout_tasks: np.ndarray) -> Steps:
-    """Per (task, variant) its neighbours on the ladder, and per provisioning level where its steps lead."""
+          co_path: np.ndarray) -> Steps:
+    """Per (task, variant) its neighbours on the ladder."""
     n, v_max = min_budget_ms.shape
     ladder = np.arange(v_max)[None, :, None] + np.array([-1, 1])[None, None, :]
     neighbour = np.minimum(np.maximum(ladder, 0), (n_variants - 1)[:, None, None])  # [n, v_max, 2]
     has_neighbour = (ladder >= 0) & (ladder < n_variants[:, None, None])
     at = np.arange(n)[:, None, None], neighbour
-    provision_steps = np.array([-2, -1, 1, 2])
-    level = np.arange(len(PROVISION_LEVELS))[:, None] + provision_steps[None, :]
-    clipped = np.minimum(np.maximum(level, 0), len(PROVISION_LEVELS) - 1)
     neighbours = Neighbours(variant=neighbour, min_budget_ms=np.where(has_neighbour, min_budget_ms[at], np.inf),
                             accuracy_drop=log_accuracy[:, :, None] - log_accuracy[at])
-    return Steps(neighbours=neighbours, n_variants=n_variants, instance_slices=instance_slices,
-                 min_budget_ms=min_budget_ms, co_path=co_path, fanout_tasks=fanout_tasks, provision_ok=level == clipped,
-                 provision_ratio=PROVISION_LEVELS[clipped] / PROVISION_LEVELS[:, None] - 1.0,
-                 provision_down=provision_steps < 0)
+    return Steps(neighbours=neighbours, n_variants=n_variants, instance_slices=instance_slices, co_path=co_path)
