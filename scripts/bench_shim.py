@@ -52,7 +52,7 @@ async def overhead(daemon: Daemon, n: int) -> tuple[float, float, float]:
         status, _ = await client.call("POST", f"/v1/apps/{APP}/infer", json.dumps({"id": i}).encode())
         latencies.append(1000 * (loop.time() - start))
         assert status == 200, status
-    client.close()
+    await client.aclose()
     over = np.asarray(daemon.router.overhead_ms)
     return float(np.percentile(over, 50)), float(np.percentile(over, 99)), float(np.percentile(latencies, 50))
 

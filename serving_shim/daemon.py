@@ -10,11 +10,11 @@ the run directory by a previous run, else the controller's plan for ``min_rps`` 
 reconcile when the plan changed (as ``jigsaw.env.transitions`` says a change happens: see the reconciler;
 ``/status``'s ``last_change`` gives its switch time beside the model's). A decision that raises is logged and the
 current plan stays. Every applied plan is persisted (``plan.json``, atomically); every decision is logged to
-TensorBoard (``tensorboard/``) and kept for ``/status``. ``/metrics`` serves Prometheus text, ``/healthz`` answers
-while the process lives, ``/ready`` only while a plan serves. The loop survives the failures of its own side
-effects (TensorBoard, persisting, reconciling): each is logged (rate-limited), counted in ``/status`` and
-``/metrics``, and the loop goes on. SIGTERM or SIGINT: stop accepting, answer what is pending, drain and stop every
-worker, stop the backend's daemons.
+TensorBoard (``tensorboard/``) and kept for ``/status``. ``/metrics`` serves Prometheus text (``exposition.py``),
+``/healthz`` answers while the process lives, ``/ready`` only while a plan serves. The loop survives the failures
+of its own side effects (TensorBoard, persisting, reconciling): each is logged (rate-limited), counted in
+``/status`` and ``/metrics``, and the loop goes on. SIGTERM or SIGINT: stop accepting, answer what is pending,
+drain and stop every worker, stop the backend's daemons.
 
 Exposure: beyond loopback the daemon refuses to start without a bearer token (``--auth-token`` or
 ``$JIGSAW_AUTH_TOKEN``, then checked on every endpoint) unless ``--insecure`` says a proxy in front
@@ -45,13 +45,13 @@ from jigsaw.env.plan import Plan
 from jigsaw.env.transitions import FleetBuilder
 from jigsaw.profiles.catalog import Catalog, load_catalog
 from jigsaw.profiles.errors import PlanError, ShimError, ensure_writable_dir
-from jigsaw.serving_shim import metrics
+from jigsaw.serving_shim import exposition, metrics
 from jigsaw.serving_shim.access import authorized, check_exposure, private_dir, write_private
 from jigsaw.serving_shim.backends import make_backend
 from jigsaw.serving_shim.errorlog import ErrorLog
 from jigsaw.serving_shim.http import Request, Response, Server, default_max_connections
 from jigsaw.serving_shim.reconciler import Reconciler
-from jigsaw.serving_shim.router import ANSWER_GRACE_S, STATUSES, Router
+from jigsaw.serving_shim.router import ANSWER_GRACE_S, Router
 
 log = logging.getLogger("jigsaw.daemon")
 
@@ -148,6 +148,7 @@ class Daemon:
         private_dir(self.backend.log_dir)
         self.server = Server(self.handle, max_connections=max_connections)
         self.errors = ErrorLog(log)  # the control loop's survived errors, by kind (_LOOP_ERRORS)
+        self.metrics = exposition.registry(self, _LOOP_ERRORS)  # /metrics, read from the state above at each scrape
         self.plan: Plan | None = None
         self.last_change: dict[str, Any] | None = None  # the last apply: what changed, its switch time and the model's
         self.slices_used = 0.0
@@ -332,7 +333,7 @@ class Daemon:
         while self.router.pending and self.clock() < deadline:
             await asyncio.sleep(0.05)
         self.router.abort_all("shutting down")
-        self.server.close()
+        await self.server.close()
         await self.reconciler.shutdown()
         await asyncio.to_thread(self.backend.close)
         if self._writer is not None:
@@ -353,7 +354,7 @@ class Daemon:
             if request.method != "GET":
                 return Response.error(405, "use GET")
             if path == "/metrics":
-                return Response(200, self.metrics_text().encode(), "text/plain; version=0.0.4")
+                return Response(200, metrics.render(self.metrics), metrics.CONTENT_TYPE)
             if path == "/ready":
                 return Response.json(200, {"ready": True}) if self.ready() else Response.json(503, {"ready": False})
             return Response.json(200, self.status() if path == "/status" else {"ok": True})
@@ -395,45 +396,6 @@ class Daemon:
                 "loop_errors": {k: self.errors.counts[k] for k in _LOOP_ERRORS},
                 "http": {"connections": len(self.server.connections), "max_connections": self.server.max_connections,
                          "errors": dict(self.server.errors.counts)}}
-
-    def metrics_text(self) -> str:
-        lab = metrics.labels
-        stats = self.router.stats
-        lines = metrics.family("jigsaw_requests_total", "counter", "Requests received per app.",
-                               {lab(app=a): s.arrivals for a, s in stats.items()})
-        lines += metrics.family("jigsaw_answers_total", "counter", "Requests answered, by app and status.",
-                                {lab(app=a, status=st): s.answers[st] for a, s in stats.items() for st in STATUSES})
-        lines += metrics.family("jigsaw_request_rate_rps", "gauge", "Arrival rate over the last control interval.",
-                                {lab(app=a): r for a, r in self.rates_rps.items()})
-        lines += metrics.family("jigsaw_violations_total", "counter", "Requests over the SLO or dropped, per app.",
-                                {lab(app=a): s.answers["violated"] + s.answers["dropped"] for a, s in stats.items()})
-        lines += metrics.family("jigsaw_drops_total", "counter", "Requests dropped early, per app.",
-                                {lab(app=a): s.answers["dropped"] for a, s in stats.items()})
-        lines += metrics.family("jigsaw_request_latency_seconds", "histogram", "Latency of served requests.",
-                                [x for a, s in stats.items() for x in s.latency.lines("jigsaw_request_latency_seconds",
-                                                                                      lab(app=a))])
-        lines += metrics.family("jigsaw_router_overhead_seconds", "histogram",
-                                "Time a served request spent in the router, outside workers' service.",
-                                list(self.router.overhead.lines("jigsaw_router_overhead_seconds", "")))
-        lines += metrics.family("jigsaw_slices_used", "gauge", "Compute slices (1/7 GPU) of the plan in force.",
-                                {"": self.slices_used})
-        lines += metrics.family("jigsaw_decisions_total", "counter", "Controller decisions by source.",
-                                {lab(source=s): self.sources[s] for s in ("policy", "ilp", "hold", "error")})
-        lines += metrics.family("jigsaw_workers", "gauge", "Worker processes by state.",
-                                {lab(state=st): n for st, n in Counter(w.state for w in self.reconciler.workers).items()})
-        lines += metrics.family("jigsaw_worker_restarts_total", "counter", "Workers replaced, by cause: died or hung.",
-                                {lab(cause=c): n for c, n in self.reconciler.restarts_by_cause.items()})
-        lines += metrics.family("jigsaw_loop_errors_total", "counter",
-                                "Errors the control loop survived, by kind (control, persist, tensorboard).",
-                                {lab(kind=k): self.errors.counts[k] for k in _LOOP_ERRORS})
-        lines += metrics.family("jigsaw_http_connections", "gauge", "Open HTTP connections.",
-                                {"": len(self.server.connections)})
-        lines += metrics.family("jigsaw_http_connections_max", "gauge", "Open HTTP connections at most (the cap).",
-                                {"": self.server.max_connections})
-        lines += metrics.family("jigsaw_http_errors_total", "counter",
-                                "HTTP server errors survived, by kind (accept, handler: answered 500, connection).",
-                                {lab(kind=k): self.server.errors.counts[k] for k in ("accept", "handler", "connection")})
-        return "\n".join(lines) + "\n"
 
 
 def _finite(x: float) -> float | None:

@@ -2,7 +2,7 @@
 
 Arrivals are the trace's non-homogeneous Poisson process (``Trace.arrivals``); each request is sent at its
 time whether or not earlier ones were answered (open loop), over at most ``MAX_CONNECTIONS`` keep-alive
-connections (a request waits for a free one; that wait counts in its latency and its timeout). Every
+connections of one client (a request waits for a free one; that wait counts in its latency and its timeout). Every
 request ends in one of: ``ok`` / ``violated`` (200, served within / over the SLO), ``dropped`` (503, shed
 early), ``errors`` (any other answer), or ``lost`` (no answer at all: a broken connection or no reply within
 ``timeout_s``). A correct shim loses nothing. Latency percentiles are over served requests, client side.
@@ -65,35 +65,28 @@ async def replay(url: str, times_s: np.ndarray, app_index: np.ndarray, apps: Seq
     answered or given up. ``on_start`` is called once the URL answers, before the first request."""
     if not 0 < timeout_s < math.inf:
         raise ShimError(f"timeout {timeout_s} s", field="--timeout", fix="give a number of seconds > 0")
-    probe = Client(url)  # check the URL, and that something answers there, before sending anything
-    try:
-        await asyncio.wait_for(probe.call("GET", "/healthz"), timeout_s)
-    except (TimeoutError, OSError, EOFError, ValueError) as e:
-        raise ShimError(f"nothing answers at {url} ({type(e).__name__}: {e})", field="--url",
-                        fix="start the daemon (jigsaw daemon), or give its address") from None
-    finally:
-        probe.close()
+    async with Client(url) as probe:  # check the URL, and that something answers there, before sending anything
+        try:
+            await asyncio.wait_for(probe.call("GET", "/healthz"), timeout_s)
+        except (TimeoutError, OSError) as e:
+            raise ShimError(f"nothing answers at {url} ({type(e).__name__}: {e})", field="--url",
+                            fix="start the daemon (jigsaw daemon), or give its address") from None
     on_start()
-    loop = asyncio.get_running_loop()
-    report, idle = LoadReport(), list[Client]()
-    slots = asyncio.Semaphore(MAX_CONNECTIONS)
+    async with Client(url, max_connections=MAX_CONNECTIONS) as client:
+        return await _send_all(client, times_s, app_index, apps, timeout_s)
 
-    async def call(app: str, rid: int) -> tuple[int, bytes]:
-        async with slots:
-            client = idle.pop() if idle else Client(url)
-            try:
-                answer = await client.call("POST", f"/v1/apps/{app}/infer", json.dumps({"id": rid}).encode())
-            except BaseException:  # a timeout cancels mid-request: the connection is unusable
-                client.close()
-                raise
-            idle.append(client)
-            return answer
+
+async def _send_all(client: Client, times_s: np.ndarray, app_index: np.ndarray, apps: Sequence[str],
+                    timeout_s: float) -> LoadReport:
+    loop = asyncio.get_running_loop()
+    report = LoadReport()
 
     async def one(app: str, rid: int) -> None:
         sent_s = loop.time()
-        try:
-            status, body = await asyncio.wait_for(call(app, rid), timeout_s)
-        except (TimeoutError, OSError, EOFError, ValueError) as e:  # EOFError: IncompleteReadError
+        try:  # (a timeout cancels the request: the client closes its connection)
+            status, body = await asyncio.wait_for(
+                client.call("POST", f"/v1/apps/{app}/infer", json.dumps({"id": rid}).encode()), timeout_s)
+        except (TimeoutError, OSError) as e:  # OSError: ConnectionError, the transport failed
             report.lost_reasons[type(e).__name__] += 1
             return
         report.answered += 1
@@ -118,6 +111,4 @@ async def replay(url: str, times_s: np.ndarray, app_index: np.ndarray, apps: Seq
         report.sent += 1
         tasks.append(loop.create_task(one(apps[a], report.sent)))
     await asyncio.gather(*tasks)
-    for client in idle:
-        client.close()
     return report

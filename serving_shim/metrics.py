@@ -1,21 +1,29 @@
-"""Counters and latency histograms in the Prometheus text exposition format (version 0.0.4)."""
+"""The pieces of ``/metrics``: latency histograms the router fills on its hot path, and Prometheus metric
+families built from plain values at scrape time, written by prometheus_client (``exposition.py`` lists what
+the daemon exports)."""
 
 from __future__ import annotations
 
 import bisect
-import math
-from collections.abc import Iterable, Mapping
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 # Request latency buckets, seconds: 1 ms .. 10 s.
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0)
+CONTENT_TYPE = CONTENT_TYPE_LATEST  # of ``render``'s text
 
 
 class Histogram:
-    """Cumulative-bucket histogram of seconds (Prometheus ``_bucket``/``_sum``/``_count``)."""
+    """Counts of seconds per bucket (upper bounds ``buckets_s``, then +Inf), their sum and count: cheap to
+    ``observe`` on the router's hot path, exported as a Prometheus histogram by ``histogram``."""
 
     def __init__(self, buckets_s: tuple[float, ...] = LATENCY_BUCKETS_S) -> None:
         self.buckets_s = buckets_s
-        self.counts = [0] * (len(buckets_s) + 1)  # the last one is +Inf
+        self.counts = [0] * (len(buckets_s) + 1)  # per bucket, not cumulative; the last one is +Inf
         self.sum_s = 0.0
         self.count = 0
 
@@ -24,36 +32,35 @@ class Histogram:
         self.sum_s += value_s
         self.count += 1
 
-    def lines(self, name: str, labels: str) -> Iterable[str]:
-        running = 0
-        for le, n in zip((*map(_number, self.buckets_s), "+Inf"), self.counts, strict=True):
-            running += n
-            yield f'{name}_bucket{{{labels}{"," if labels else ""}le="{le}"}} {running}'
-        braced = f"{{{labels}}}" if labels else ""
-        yield f"{name}_sum{braced} {_number(self.sum_s)}"
-        yield f"{name}_count{braced} {self.count}"
+
+Labelled = Mapping[tuple[str, ...], float]  # label values (in the family's label order) -> sample value
 
 
-def _number(x: float) -> str:
-    x = float(x)
-    if math.isnan(x) or math.isinf(x):
-        return "NaN" if math.isnan(x) else "+Inf" if x > 0 else "-Inf"
-    return str(int(x)) if x.is_integer() and abs(x) < 1e15 else repr(x)
+def counter(name: str, documentation: str, labels: Sequence[str], values: Labelled) -> CounterMetricFamily:
+    """A counter family; ``name`` ends in ``_total`` (prometheus_client writes it so)."""
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for key, value in values.items():
+        family.add_metric(key, value)
+    return family
 
 
-def labels(**values: str) -> str:
-    return ",".join(f'{k}="{_escape(v)}"' for k, v in values.items())
+def gauge(name: str, documentation: str, labels: Sequence[str], values: Labelled) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=labels)
+    for key, value in values.items():
+        family.add_metric(key, value)
+    return family
 
 
-def _escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def histogram(name: str, documentation: str, labels: Sequence[str],
+              series: Iterable[tuple[tuple[str, ...], Histogram]]) -> HistogramMetricFamily:
+    """A histogram family of seconds from ``Histogram`` objects, one per label values."""
+    family = HistogramMetricFamily(name, documentation, labels=labels)
+    for key, h in series:
+        bounds = [*map(floatToGoString, h.buckets_s), "+Inf"]
+        family.add_metric(key, list(zip(bounds, itertools.accumulate(h.counts), strict=True)), h.sum_s)
+    return family
 
 
-def family(name: str, kind: str, help_text: str, samples: Mapping[str, float] | Iterable[str]) -> list[str]:
-    """One metric family: HELP and TYPE lines, then ``samples`` ({labels: value}, or ready lines)."""
-    out = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-    if isinstance(samples, Mapping):
-        out += [f"{name}{{{lab}}} {_number(v)}" if lab else f"{name} {_number(v)}" for lab, v in samples.items()]
-    else:
-        out += list(samples)
-    return out
+def render(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text exposition of ``registry`` (served as ``CONTENT_TYPE``)."""
+    return generate_latest(registry)
