@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from jigsaw.profiles.errors import JigsawError
 Proposer = Callable[[np.ndarray, Mapping[str, float], Plan | None, int], Plan]
 
 BACKOFF_SOLVES = 4  # ILP solves that look for the share of an infeasible forecast the cluster holds (to 1/16)
+MIN_SOLVE_S = 0.05  # a solve given less time than this is not started (a time-limited one has no answer)
 
 
 
@@ -131,24 +132,33 @@ class Controller:
                 if verdict.ok:
                     self.current = proposal
                     return self._decision(proposal, "policy", verdict, math.nan, "", start)
-        result = solve(self.catalog, self.gpu_type, demand, self.gpus, self.features, self.opts, self.current)
+        deadline = start + self.opts.time_limit_s  # the limit bounds the whole decision, back-off included
+        result = solve(self.catalog, self.gpu_type, demand, self.gpus, self.features, self._until(deadline),
+                       self.current)
         status = result.status
         if result.status == "infeasible":
-            result, scale = self._back_off(demand)
+            result, scale = self._back_off(demand, deadline)
             status = f"{result.status} for {scale:.3g} x the forecast (the whole forecast is infeasible)"
         if result.plan is not None:
             self.current = result.plan
             return self._decision(result.plan, "ilp", verdict, float(result.slices_used), status, start)
         return self._decision(self.current, "hold", verdict, math.nan, f"{result.status}: {result.reason}", start)
 
-    def _back_off(self, demand: Mapping[str, float]) -> tuple[SolveResult, float]:
-        """The ILP plan for the largest share of ``demand`` the cluster can serve, to BACKOFF_SOLVES halvings:
-        a plan that serves most of a spike beats holding one sized for the interval before it."""
+    def _until(self, deadline: float) -> SolverOptions:
+        """The solver's options with the time left before ``deadline`` as its limit (``solve`` keeps to it)."""
+        return replace(self.opts, time_limit_s=max(MIN_SOLVE_S, deadline - time.perf_counter()))
+
+    def _back_off(self, demand: Mapping[str, float], deadline: float) -> tuple[SolveResult, float]:
+        """The ILP plan for the largest share of ``demand`` the cluster can serve, to BACKOFF_SOLVES halvings
+        while time is left before ``deadline``: a plan that serves most of a spike beats holding one sized for
+        the interval before it."""
         best, low, high = SolveResult("infeasible", "no share of the forecast fits", 0.0), 0.0, 1.0
         for _ in range(BACKOFF_SOLVES):
+            if deadline - time.perf_counter() < MIN_SOLVE_S:
+                break
             scale = (low + high) / 2
             result = solve(self.catalog, self.gpu_type, {a: r * scale for a, r in demand.items()}, self.gpus,
-                           self.features, self.opts, self.current)
+                           self.features, self._until(deadline), self.current)
             if result.plan is not None:
                 best, low = result, scale
             elif result.status == "infeasible":

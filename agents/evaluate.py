@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from jigsaw.agents.baselines import SEEDED_SYSTEMS, SystemFactory
+from jigsaw.agents.baselines import ABLATION_GPU_FACTOR, ABLATIONS, SEEDED_SYSTEMS, SystemFactory
 from jigsaw.agents.controller import Decision
 from jigsaw.agents.ilp import solve
 from jigsaw.env.candidates import Features, SolverOptions
@@ -323,7 +323,8 @@ def markdown_table(ev: Evaluation) -> str:
              "", "| system | " + " | ".join(c for c, _, _ in _COLUMNS) + " |",
              "|---|" + "|".join("---" for _ in _COLUMNS) + "|"]
     for name, s in ev.summaries.items():
-        lines.append(f"| {name} | " + " | ".join(_cell(fmt, getattr(s.mean, key), getattr(s.sd, key), key in _WITH_SPREAD)
+        shown = f"{name} ({ABLATION_GPU_FACTOR}× GPUs)" if name in ABLATIONS else name  # not on the header's cluster
+        lines.append(f"| {shown} | " + " | ".join(_cell(fmt, getattr(s.mean, key), getattr(s.sd, key), key in _WITH_SPREAD)
                                                  for _, key, fmt in _COLUMNS) + " |")
     return "\n".join(lines)
 

@@ -17,6 +17,7 @@ cut, and fewer changes against the current plan.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -39,6 +40,7 @@ from jigsaw.profiles.types import App, GpuType, SegmentType
 # Bounds on a request: beyond them a number is a typo, and the model's arrays would overflow.
 MAX_GPUS = 100_000
 MAX_RATE_RPS = 1e9
+MIN_RUN_S = 0.01  # the least time a solver run is given (a limit of 0 would not stop it sooner)
 _CANCEL_GRACE_S = 1.0  # after cancelSolve, how long the interrupt callbacks get before we abandon the thread
 _STDOUT_LOCK = threading.Lock()
 
@@ -337,15 +339,20 @@ def solve(catalog: Catalog, gpu_type: str, demand: dict[str, float], gpus: int, 
     check_request(gpus, demand)
     gpu = catalog.gpu(gpu_type)
     start = time.perf_counter()
+    deadline = start + opts.time_limit_s  # the limit bounds the whole call: building, solving, diagnosing
+
+    def left() -> float:
+        return max(MIN_RUN_S, deadline - time.perf_counter())
+
     blocks, reason = prepare(catalog, gpu, demand, features, opts, current)
     if reason:
         return SolveResult("infeasible", reason, time.perf_counter() - start)
     keep, cuts = _current_choices(gpu, blocks, current) if current is not None else (None, None)
     model = _build(gpu, blocks, gpus, opts, "plan", keep, cuts)
-    status, x, gap = _run(model, opts.time_limit_s, opts.mip_gap)
+    status, x, gap = _run(model, left(), opts.mip_gap)
     if x is None:
-        reason = (_diagnose(gpu, blocks, gpus, opts) if status == "infeasible"
-                  else f"no feasible plan found within the {opts.time_limit_s:g} s time limit")
+        reason = (_diagnose(gpu, blocks, gpus, dataclasses.replace(opts, time_limit_s=left()))
+                  if status == "infeasible" else f"no feasible plan found within the {opts.time_limit_s:g} s time limit")
         return SolveResult(status, reason, time.perf_counter() - start)
     result = _extract(gpu, model, x, gpus, features, opts, current)
     result.status, result.gap, result.solve_seconds = status, gap, time.perf_counter() - start
@@ -385,8 +392,8 @@ def _current_choices(gpu: GpuType, blocks: list[AppBlock],
 
 
 def _diagnose(gpu: GpuType, blocks: list[AppBlock], gpus: int, opts: SolverOptions) -> str:
-    """Which constraint makes the request infeasible: the cluster size, or one app's SLOs. All of it shares
-    one time limit, so an infeasible answer takes at most twice the limit (one to prove, one to explain)."""
+    """Which constraint makes the request infeasible: the cluster size, or one app's SLOs, within the time
+    ``opts`` leaves (``solve`` gives it what its own limit has left after proving infeasibility)."""
     deadline = time.perf_counter() + opts.time_limit_s
     model = _build(gpu, blocks, None, opts, "gpus")
     status, x, _ = _run(model, opts.time_limit_s, opts.mip_gap)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import signal
 import time
 import zipfile
@@ -186,7 +185,9 @@ class Policy:
         """The proposer on a cluster of ``gpus`` (built once per size)."""
         if gpus not in self._proposers:
             c = self.env_config
-            self._proposers[gpus] = Proposer(DecisionSpace(self.catalog, c.gpu_type, list(c.apps), gpus), c.polish)
+            proposer = Proposer(DecisionSpace(self.catalog, c.gpu_type, list(c.apps), gpus), c.polish)
+            proposer.warm_up()  # the kernels' compile or load, here rather than in the first decision's time
+            self._proposers[gpus] = proposer
         return self._proposers[gpus]
 
     def check_serves(self, apps: tuple[str, ...], gpus: int, gpu_type: str, source: str) -> None:
@@ -471,9 +472,10 @@ def _portable(config: EnvConfig) -> dict[str, Any]:
     return doc
 
 
-def _best_eval(run_dir: Path) -> float:
+def _best_eval(run_dir: Path) -> float | None:
+    """The best mean reward of the evaluations; None (JSON null) when the run ended before the first one."""
     path = run_dir / "evaluations.npz"
     if not path.exists():
-        return math.nan
+        return None
     with np.load(path) as data:
         return float(data["results"].mean(axis=1).max())

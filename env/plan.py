@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from jigsaw.profiles.documents import parse_json, read_text
 from jigsaw.profiles.errors import PlanError
+
+MIG_CONFIG_NAME = "jigsaw"  # the config's name in ``Plan.mig_parted_config``
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,18 @@ class Plan:
                 if on != {c.segment: c.replicas}:
                     return f"{app}/{task}: {c.replicas} replicas on {c.segment}, the layout hosts {on or 'none'}"
         return ""
+
+    def mig_parted_config(self, n_gpus: int | None = None, name: str = MIG_CONFIG_NAME) -> dict[str, Any]:
+        """The plan's per-GPU MIG layout as an ``nvidia-mig-parted`` config (``version: v1``, one named config),
+        for the fleet's own tooling to apply (``nvidia-mig-parted apply -f FILE -c NAME``, or the GPU operator's
+        MIG manager): GPUs cut alike share an entry; the cluster's GPUs the plan leaves empty (``n_gpus`` of
+        them in all) keep MIG enabled with no instances."""
+        cuts: dict[tuple[tuple[str, int], ...], list[int]] = {}
+        for g in range(max(len(self.gpus), n_gpus or 0)):
+            partition = self.gpus[g].partition if g < len(self.gpus) else ()
+            cuts.setdefault(tuple(sorted(Counter(partition).items())), []).append(g)
+        entries = [{"devices": devices, "mig-enabled": True, "mig-devices": dict(cut)} for cut, devices in cuts.items()]
+        return {"version": "v1", "mig-configs": {name: entries}}
 
     def to_json(self, path: Path) -> None:
         tmp = path.with_suffix(path.suffix + ".tmp")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from jigsaw.env.plan import Plan
-from jigsaw.env.space import OBS_HIGH, PROVISION_LEVELS, DecisionSpace, Decoded, Levels
+from jigsaw.env.space import HISTORY, OBS_HIGH, PROVISION_LEVELS, DecisionSpace, Decoded, Levels
 
 HOLD_CHOICES = ("follow", "hold", "replan")  # "hold", in the middle, is the no-change choice: nothing restarts or goes
 FOLLOW, HOLD, REPLAN = range(len(HOLD_CHOICES))
@@ -78,6 +78,18 @@ class Proposer:
                 return Proposal(levels, decoded, repairs, held)
             held = np.where(held == HOLD, FOLLOW, REPLAN) if (held == HOLD).any() else np.full_like(held, REPLAN)
         return Proposal(levels, fresh, repairs, held)
+
+    def warm_up(self) -> None:
+        """Run every compiled kernel a decision calls, once, on a unit forecast: numba compiles them on their first
+        use in a process, or loads them from its cache (seconds either way), which no decision's time should hold."""
+        space, n_apps = self.space, len(self.space.apps)
+        f = np.ones(n_apps)
+        levels, decoded, _ = space.repair(space.initial(), space.initial(), f)
+        metrics = space.evaluate(decoded, f)
+        self.observation(levels, decoded, metrics, space.demand_features(np.ones((HISTORY, n_apps)), f), decoded, f)
+        for choice in (FOLLOW, HOLD, REPLAN):
+            self.step(levels, decoded, np.r_[np.full(n_apps, choice), np.zeros(n_apps, dtype=np.int64)], f)
+        self.plan(levels, decoded)
 
     def held(self, fresh: Decoded, levels: Levels, in_force: Decoded, held: np.ndarray,
              forecast: np.ndarray) -> Decoded:

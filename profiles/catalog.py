@@ -7,10 +7,12 @@ path inside is relative to that file. Everything is checked at load, so later co
 from __future__ import annotations
 
 import csv
+import dataclasses
 import difflib
 import io
 import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from . import documents
 from .errors import CatalogError
 from .mig import enumerate_partitions
 from .tables import ColocationModel, ProfileRow, ProfileTable, RowKey, build_table, load_profile_csv
-from .types import App, GpuType, MigProfile, Task, Transitions, Variant
+from .types import App, GpuType, HandlerSpec, MigProfile, Task, Transitions, Variant
 
 DEFAULT_CATALOG = Path(__file__).parent / "data"
 MAX_SLOTS = 16  # compute or memory slices of a GPU type
@@ -260,9 +262,11 @@ def load_app(path: Path, metrics: dict[str, float]) -> App:
             raw = {v: metrics[v] for v in given}
         best = max(raw.values())
         ladder = sorted(raw, key=lambda v: raw[v])
-        tasks.append(Task(tname, family, tuple(Variant(tname, v, raw[v] / best) for v in ladder)))
+        handlers = _handlers(tdoc, ladder, path, where)
+        tasks.append(Task(tname, family, tuple(Variant(tname, v, raw[v] / best, handlers[v]) for v in ladder)))
     names = {t.name for t in tasks}
     edges: dict[tuple[str, str], float | dict[str, float]] = {}
+    labels: dict[tuple[str, str], tuple[str, ...]] = {}
     for i, e in enumerate(doc.get("edges") or []):
         where = f"edges[{i}]"
         u, v = field_of(e, "from", str, path, where), field_of(e, "to", str, path, where)
@@ -280,7 +284,13 @@ def load_app(path: Path, metrics: dict[str, float]) -> App:
         else:
             f = positive(f, path, f"{where}.fanout", MAX_FANOUT)
         edges[(u, v)] = f
-    app = App(name, tuple(tasks), edges, latency, float(accuracy), str(path))
+        if "labels" in e:
+            given = field_of(e, "labels", list, path, where)
+            if not given or not all(isinstance(x, str) and x for x in given):
+                raise CatalogError("labels must be a list of names", file=str(path), field=f"{where}.labels",
+                                   fix="e.g. [car]: the labels of the parent's outputs this task takes")
+            labels[(u, v)] = tuple(given)
+    app = App(name, tuple(tasks), edges, latency, float(accuracy), str(path), labels)
     if len(app.topological_order) != len(tasks):
         cyclic = sorted(names - set(app.topological_order))
         raise CatalogError(f"the task graph has a cycle through {', '.join(cyclic)}", file=str(path),
@@ -292,6 +302,58 @@ def load_app(path: Path, metrics: dict[str, float]) -> App:
                                "a variant", file=str(path), field="edges",
                                fix="only tasks whose demand is fixed may have per-variant fan-outs")
     return app
+
+
+def with_fanout_ratios(catalog: Catalog, ratios: Mapping[tuple[str, str, str], float]) -> Catalog:
+    """``catalog`` with the fan-out of each edge ``(app, u, v)`` in ``ratios`` multiplied by its ratio (every
+    variant's alike: a measured fan-out corrects the catalog's figure, the ladder's proportions stay)."""
+    apps = dict(catalog.apps)
+    for (name, u, v), ratio in ratios.items():
+        app = apps[name]
+        f = app.edges[(u, v)]
+        scaled = ({k: min(MAX_FANOUT, x * ratio) for k, x in f.items()} if isinstance(f, dict)
+                  else min(MAX_FANOUT, f * ratio))
+        apps[name] = dataclasses.replace(app, edges={**app.edges, (u, v): scaled})
+    return dataclasses.replace(catalog, apps=apps, _tables=catalog._tables)  # the tables do not depend on edges
+
+
+def _handlers(tdoc: dict[str, Any], ladder: list[str], path: Path, where: str) -> dict[str, HandlerSpec]:
+    """Per variant its handler: the task's ``handler`` (default the built-in one), or its own in ``handlers``."""
+    default = parse_handler(tdoc["handler"], path, f"{where}.handler") if "handler" in tdoc else HandlerSpec()
+    own = field_of(tdoc, "handlers", dict, path, where) if "handlers" in tdoc else {}
+    unknown = sorted(set(own) - set(ladder))
+    if unknown:
+        raise CatalogError(f"handlers for unknown variant(s) {', '.join(map(str, unknown))}", file=str(path),
+                           field=f"{where}.handlers", fix=f"name variants of the task: {', '.join(ladder)}")
+    return {v: parse_handler(own[v], path, f"{where}.handlers.{v}") if v in own else default for v in ladder}
+
+
+def parse_handler(doc: Any, path: Path, where: str) -> HandlerSpec:
+    """``module:factory``, or ``{factory: module:factory, weights: file, options: {...}}`` (factory defaults to
+    the built-in one); a relative weights file is taken from the app file's folder and must exist."""
+    spec = {"factory": doc} if isinstance(doc, str) else doc
+    if not isinstance(spec, dict) or set(spec) - {"factory", "weights", "options"}:
+        raise CatalogError("a handler is 'module:factory' or a mapping of factory, weights and options",
+                           file=str(path), field=where, fix="e.g. handler: mypkg.models:make_detector")
+    factory = spec.get("factory", HandlerSpec.factory)
+    module, _, name = factory.partition(":") if isinstance(factory, str) else ("", "", "")
+    if not all(part.isidentifier() for part in (*module.split("."), *name.split("."))):
+        raise CatalogError(f"{factory!r} is not module:factory", file=str(path), field=f"{where}.factory",
+                           fix="a module path, a colon and a callable's name, e.g. mypkg.models:make_detector")
+    weights = spec.get("weights")
+    if weights is not None:
+        if not isinstance(weights, str):
+            raise CatalogError("weights must be a file name", file=str(path), field=f"{where}.weights",
+                               fix="a local file, relative to this app file's folder or absolute")
+        weights = str((path.parent / weights).resolve())
+        if not Path(weights).is_file():
+            raise CatalogError(f"no weights file {weights}", file=str(path), field=f"{where}.weights",
+                               fix="give a local file (nothing is downloaded)")
+    options = spec.get("options") or {}
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        raise CatalogError("options must be a mapping of names to values", file=str(path), field=f"{where}.options",
+                           fix="e.g. options: {threshold: 0.5}")
+    return HandlerSpec(factory, weights, options)
 
 
 def _ancestors(app: App, task: str) -> set[str]:

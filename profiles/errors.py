@@ -69,3 +69,14 @@ def ensure_writable_dir(directory: Path, field: str) -> None:
     except OSError as e:
         raise OutputError(f"cannot write there ({e.strerror or e})", file=str(directory), field=field,
                           fix="give a writable directory") from None
+
+
+def write_text(path: Path, text: str, field: str) -> None:
+    """Write ``text`` to ``path`` whole (a temporary file beside it, renamed): a crash never leaves half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as e:
+        raise OutputError(f"cannot write ({e.strerror or e})", file=str(path), field=field,
+                          fix="give a writable file name") from None

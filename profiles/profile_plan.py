@@ -16,7 +16,7 @@ import numpy as np
 from .catalog import Catalog
 from .errors import ProfilerError
 from .tables import RowKey
-from .types import GpuType
+from .types import GpuType, HandlerSpec
 
 
 @dataclass(frozen=True)
@@ -45,10 +45,11 @@ class ProfileSettings:
     batches: tuple[int, ...]
     shares: str | tuple[int, ...]  # "mig", or percentages of the device's SMs / cores
     out: Path
-    colocation: tuple[int, ...] = (1, 2, 4)  # MPS workers per segment; 1 = alone only
+    colocation: tuple[int, ...] = (1,)  # MPS workers per segment; 1 = alone only (co-location is opt-in)
     device: str = "auto"  # auto | cpu | cuda
     min_iters: int = 20
     seconds: float = 0.3  # timing window per configuration
+    handler: HandlerSpec | None = None  # time the handler on its example input, not the model alone
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_iters <= 1_000_000:

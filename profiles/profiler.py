@@ -16,6 +16,7 @@ with one worker alone at the same per-worker share (a row of its own): the facto
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -71,6 +72,9 @@ METHOD = {
 }
 
 
+NOISY_SPREAD = 3.0  # a p95 this many times the p50: something else ran on the device (about 1.5x on an idle CPU here)
+
+
 @dataclass
 class ProfileSummary:
     device_type: str
@@ -80,6 +84,7 @@ class ProfileSummary:
     skipped: int = 0
     already: int = 0  # found in --out from an earlier run
     colocation: list[dict[str, Any]] = field(default_factory=list)
+    noisy: list[str] = field(default_factory=list)  # configurations whose p95 exceeded NOISY_SPREAD x their p50
 
 
 # --------------------------------------------------------------------------------------------------
@@ -213,6 +218,8 @@ def _start_group(group: Group, settings: ProfileSettings, device: str, mps_env: 
                  cores: Sequence[int]) -> list[WorkerProcess]:
     max_iters = MAX_ITERS if group.workers == 1 else 0
     extra = ["--min-iters", str(settings.min_iters), "--max-iters", str(max_iters), "--seconds", str(settings.seconds)]
+    if settings.handler is not None:
+        extra += ["--handler", json.dumps(dataclasses.asdict(settings.handler))]
     env = dict(mps_env)
     if device == "cpu":
         extra += ["--threads", str(group.worker.units), "--cores", ",".join(map(str, cores[:group.segment.units]))]
@@ -337,6 +344,9 @@ def _run_group(group: Group, items: list[tuple[str, int]], settings: ProfileSett
                                "peak_mem_mib": f"{outcome['peak_mem_mib']:.0f}", "iters": len(outcome["samples_ms"]),
                                "achieved_rps": f"{outcome['achieved_rps']:.6g}"})
                 summary.measured += 1
+                if p95 > NOISY_SPREAD * p50:
+                    summary.noisy.append(f"{group.segment.label} x{group.workers} {variant} bs{batch}: p95 "
+                                         f"{p95 / p50:.1f}x p50")
             else:
                 store.add_skipped({**row, "reason": outcome["reason"]})
                 summary.skipped += 1

@@ -9,6 +9,8 @@ and prints ``ready`` (or ``skipped`` with a reason); it waits for ``{"cmd": "go"
 workers time the same window) or ``{"cmd": "abort"}``, times and prints ``result`` with the raw samples and the
 window's wall time.
 End of input ends it, so a killed parent leaves no worker behind. ``--probe`` prints ``hello`` and exits.
+With ``--handler`` (a ``HandlerSpec`` as JSON) it times the handler a worker of the shim would run, on a batch of
+its example input, eagerly: preprocessing and output handling count, as they do when serving.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from typing import Any
 
 import torch
 
+from jigsaw.profiles import handlers
 from jigsaw.profiles.models import build_model
+from jigsaw.profiles.types import HandlerSpec
 
 WARMUP_PASSES = 2  # eager passes before capture or timing (the h100-mps method)
 
@@ -74,9 +78,11 @@ def sample(timed: Callable[[], float], min_iters: int, max_iters: int, seconds: 
 class Runner:
     """The model of the current variant and the step of the current configuration."""
 
-    def __init__(self, device: str, memory_cap_mib: float | None) -> None:
+    def __init__(self, device: str, memory_cap_mib: float | None, handler: HandlerSpec | None = None) -> None:
         self.device = device
         self.cap_mib = memory_cap_mib
+        self.handler_spec = handler
+        self.handler: handlers.Handler | None = None
         self.variant = ""
         self.model: torch.nn.Module | None = None
         self.shape: tuple[int, ...] = ()
@@ -95,6 +101,8 @@ class Runner:
     def prepare(self, variant: str, batch: int) -> dict[str, Any]:
         self.release()
         try:
+            if self.handler_spec is not None:
+                return self._prepare_handler(variant, batch)
             if variant != self.variant:
                 self.model, self.variant = None, ""
                 model, self.shape = build_model(variant)
@@ -116,6 +124,21 @@ class Runner:
         except Exception as e:  # one configuration failing (OOM under the slice's cap, an op) skips only it
             self.release()
             return {"event": "skipped", "reason": self._reason(e)}
+
+    def _prepare_handler(self, variant: str, batch: int) -> dict[str, Any]:
+        assert self.handler_spec is not None
+        if variant != self.variant:
+            self.handler, self.variant = None, ""
+            self.handler, self.variant = handlers.load(self.handler_spec, variant, self.device), variant
+        handler = self.handler
+        assert handler is not None
+        inputs = [handlers.example_input(handler)] * batch
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(WARMUP_PASSES):
+            handlers.outputs(handler, inputs)
+        self.step, self.exec_mode = (lambda: handlers.outputs(handler, inputs)), "handler"
+        return {"event": "ready"}
 
     def _capture(self, x: torch.Tensor) -> tuple[Callable[[], Any], str]:
         """CUDA-graph replay where the model allows it, else eager."""
@@ -190,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-iters", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=0.3, help="timing window per configuration")
     parser.add_argument("--probe", action="store_true", help="print what this process got and exit")
+    parser.add_argument("--handler", default=None, help="time this handler (a HandlerSpec as JSON), not the model")
     args = parser.parse_args(argv)
     if args.device == "cpu":
         if args.cores and hasattr(os, "sched_setaffinity"):
@@ -201,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     emit(facts)
     if args.probe or not facts["available"]:
         return 0
-    runner = Runner(args.device, args.memory_cap_mib or None)
+    runner = Runner(args.device, args.memory_cap_mib or None,
+                    HandlerSpec(**json.loads(args.handler)) if args.handler else None)
     with torch.inference_mode():
         for line in sys.stdin:
             cmd = json.loads(line)

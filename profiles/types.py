@@ -113,6 +113,21 @@ class Transitions:
         return self.startup_s.get(variant, self.default_startup_s)
 
 
+BUILTIN_HANDLER = "jigsaw.profiles.builtin_handlers:builtin"
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    """What a worker runs for a variant: ``factory`` (``module:callable``) is called once per worker as
+    ``factory(variant, weights=..., device=..., **options)`` and returns the handler, a callable from a batch of
+    inputs to a batch of outputs (``jigsaw.profiles.handlers``). ``weights`` is a local file; nothing is
+    downloaded."""
+
+    factory: str = BUILTIN_HANDLER
+    weights: str | None = None
+    options: Mapping[str, object] = field(default_factory=dict, hash=False)  # JSON values, e.g. {"threshold": 0.5}
+
+
 @dataclass(frozen=True)
 class Variant:
     """One model that can run a task. ``accuracy`` is normalised: the task's best variant has 1.0."""
@@ -120,6 +135,7 @@ class Variant:
     task: str
     name: str
     accuracy: float
+    handler: HandlerSpec = field(default=HandlerSpec(), compare=False)  # serving only: no decision depends on it
 
 
 @dataclass(frozen=True)
@@ -140,6 +156,8 @@ class App:
     latency_slo_ms: float
     accuracy_slo: float
     source_file: str = ""
+    # (u, v) -> the labels of u's outputs that v takes (a detector's "car"s to the car classifier); absent: all
+    labels: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict, hash=False)
 
     def task(self, name: str) -> Task:
         return next(t for t in self.tasks if t.name == name)

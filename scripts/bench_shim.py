@@ -1,16 +1,21 @@
-"""Benchmark of the serving shim on the cpu backend with the no-op model (the router's cost alone).
+"""Benchmark of the serving shim on the cpu backend with the no-op handler (the router's cost alone).
 
-1. Router overhead: sequential requests to a one-task app (one worker, batch 1); per request, the time it
-   spent in the router (HTTP request parsed -> answer ready) minus the worker's service time: queues,
-   batching, the IPC round trip, bookkeeping. p50 and p99.
-2. Sustained rate: open-loop Poisson load from ``jigsaw loadgen`` in its own process (two workers, batch 8),
+1. Router overhead: sequential requests to a one-task app (one worker, batch 1) carrying a one-number JSON
+   input; per request, the time it spent in the router (HTTP request parsed -> answer ready) minus the worker's
+   service time: queues, batching, the IPC round trip, bookkeeping. p50 and p99.
+2. Payload costs: the IPC round trip of one 224 x 224 RGB image (150 KB there and back: the no-op handler passes
+   it on) less that of a one-number input, straight to the worker's socket, p50; and decoding a 224 x 224 PNG
+   (what the router does per image request, off its event loop), p50.
+3. Sustained rate: open-loop Poisson load from ``jigsaw loadgen`` in its own process sending generated 224 x 224
+   PNG images (two workers, batch 8),
    doubling the rate; the highest rate at which nothing is lost, >= 99% of requests are served within the
    SLO, and the client-side p99 is within the SLO too (the load generator kept up). ``lost`` in the last line
    sums every step, the failing one included.
 
     python scripts/bench_shim.py [--requests 2000] [--step-s 3] [--max-rps 8000]
 
-Last line: {"router_overhead_ms_p50", "router_overhead_ms_p99", "sustained_rps", "lost"}.
+Last line: {"router_overhead_ms_p50", "router_overhead_ms_p99", "ipc_ms_per_image_p50", "png_decode_ms_p50",
+"sustained_rps", "lost"}.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 from jigsaw.agents.controller import Controller  # noqa: E402
 from jigsaw.env.plan import Plan  # noqa: E402
 from jigsaw.profiles.catalog import load_catalog  # noqa: E402
+from jigsaw.serving_shim import ipc, payloads  # noqa: E402
 from jigsaw.serving_shim.daemon import Daemon, DaemonConfig  # noqa: E402
 from jigsaw.serving_shim.http import Client  # noqa: E402
 
@@ -42,19 +49,42 @@ def with_task(plan: Plan, **changes: int) -> Plan:
 
 async def overhead(daemon: Daemon, n: int) -> tuple[float, float, float]:
     client = Client(daemon.url)
-    for i in range(200):  # warm the path
-        await client.call("POST", f"/v1/apps/{APP}/infer", json.dumps({"id": i}).encode())
+    body = json.dumps({"inputs": [0.0]}).encode()
+    for _ in range(200):  # warm the path
+        await client.call("POST", f"/v1/apps/{APP}/infer", body)
     daemon.router.overhead_ms.clear()
     latencies = []
     loop = asyncio.get_running_loop()
-    for i in range(n):
+    for _ in range(n):
         start = loop.time()
-        status, _ = await client.call("POST", f"/v1/apps/{APP}/infer", json.dumps({"id": i}).encode())
+        status, _ = await client.call("POST", f"/v1/apps/{APP}/infer", body)
         latencies.append(1000 * (loop.time() - start))
         assert status == 200, status
     await client.aclose()
     over = np.asarray(daemon.router.overhead_ms)
     return float(np.percentile(over, 50)), float(np.percentile(over, 99)), float(np.percentile(latencies, 50))
+
+
+async def ipc_per_image(socket: str, n: int) -> float:
+    """p50 of the round trip of one 224 x 224 image less that of one number, ms (worker service time excluded)."""
+    image, number = np.zeros((224, 224, 3), dtype=np.uint8), np.zeros(1, dtype=np.float32)
+    loop = asyncio.get_running_loop()
+    times: dict[int, list[float]] = {0: [], 1: []}
+    for i in range(2 * n):
+        start = loop.time()
+        answer = await ipc.request(socket, {"op": "infer", "id": i}, 10.0, [image if i % 2 else number])
+        times[i % 2].append(1000 * (loop.time() - start) - answer["ms"])
+    return float(np.median(times[1]) - np.median(times[0]))
+
+
+def png_decode_ms(n: int) -> float:
+    png = payloads.sample_images(1)[0]
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        payloads.decode_image(png)
+        times.append(1000 * (time.perf_counter() - start))
+    return float(np.median(times))
 
 
 async def loadgen(url: str, rps: float, seconds: float, trace: Path) -> dict[str, float]:
@@ -82,6 +112,10 @@ async def bench(args: argparse.Namespace, run_dir: Path) -> dict[str, float]:
         p50, p99, client_p50 = await overhead(daemon, args.requests)
         print(f"router overhead per request: p50 {p50:.3f} ms, p99 {p99:.3f} ms "
               f"(client-side latency p50 {client_p50:.3f} ms; {args.requests} sequential requests, no-op model)")
+        ipc_ms = await ipc_per_image(daemon.reconciler.serving[0].handle.socket, 500)
+        decode_ms = png_decode_ms(500)
+        print(f"payloads: IPC round trip of a 224 x 224 image {ipc_ms:.3f} ms more than of one number (p50); "
+              f"decoding a 224 x 224 PNG {decode_ms:.3f} ms (p50)")
         await daemon.apply(with_task(plan, batch=8, replicas=2))
         sustained, lost, rps = 0.0, 0, 250.0
         slo_ms = catalog.apps[APP].latency_slo_ms
@@ -95,11 +129,13 @@ async def bench(args: argparse.Namespace, run_dir: Path) -> dict[str, float]:
             if not good:
                 break
             sustained, rps = rps, rps * 2
-        print(f"sustained rate: {sustained:.0f} req/s (two no-op workers, batch 8, {os.cpu_count()} cores)")
+        print(f"sustained rate: {sustained:.0f} req/s of 224 x 224 PNG images (two no-op workers, batch 8, "
+              f"{os.cpu_count()} cores)")
     finally:
         daemon.stop()
         await running
     return {"router_overhead_ms_p50": round(p50, 4), "router_overhead_ms_p99": round(p99, 4),
+            "ipc_ms_per_image_p50": round(ipc_ms, 4), "png_decode_ms_p50": round(decode_ms, 4),
             "sustained_rps": sustained, "lost": lost}
 
 

@@ -12,16 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from tqdm import tqdm
 
 from jigsaw.agents.capacity import PAPER_AST_OVER_AT, PAPER_RATIOS, ablation
 from jigsaw.agents.ilp import SolveResult, solve
 from jigsaw.env.candidates import Features, SolverOptions
+from jigsaw.env.plan import MIG_CONFIG_NAME
 from jigsaw.env.traces import Trace, load_trace
-from jigsaw.profiles.catalog import Catalog, load_catalog
-from jigsaw.profiles.errors import ConfigError, JigsawError, OutputError, SolverError, ensure_writable_dir
+from jigsaw.profiles import handlers
+from jigsaw.profiles.catalog import Catalog, load_catalog, parse_handler
+from jigsaw.profiles.errors import ConfigError, JigsawError, OutputError, SolverError, ensure_writable_dir, write_text
 from jigsaw.profiles.profile_plan import ProfileSettings, parse_colocation, parse_positive_ints, parse_shares
 from jigsaw.profiles.profiler import run_profile
+from jigsaw.profiles.types import HandlerSpec
 
 EXIT_INFEASIBLE = 1
 EXIT_BAD_INPUT = 2
@@ -99,7 +103,14 @@ def cmd_solve(args: argparse.Namespace) -> int:
     catalog = load_catalog(args.catalog)
     apps = _split(args.app, "app")
     demand = dict(zip(apps, _rates(args.rps, apps), strict=True))
+    mig_config = Path(args.mig_config) if args.mig_config else None
+    if mig_config is not None:
+        ensure_writable_dir(mig_config.parent, "--mig-config")  # fail before the solve, not after it
     result = solve(catalog, args.gpu_type, demand, args.gpus, Features.parse(args.features), _solver_options(args))
+    if mig_config is not None and result.plan is not None:
+        write_text(mig_config, yaml.safe_dump(result.plan.mig_parted_config(args.gpus), sort_keys=False), "--mig-config")
+        print(f"wrote {mig_config} (apply: nvidia-mig-parted apply -f {mig_config} -c {MIG_CONFIG_NAME})",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(solve_document(result, catalog), indent=1))
     else:
@@ -139,6 +150,8 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         print(f"{n:8} {r.max_rps:>11.1f} {shown} {PAPER_RATIOS[n]:>6.2f}  {kinds} ({r.whole_gpu_configs}){note}")
     shown = f"{ast_over_at:.2f}x" if ast_over_at is not None else "- (A+T serves nothing)"
     print(f"A+S+T over A+T: {shown} (paper {PAPER_AST_OVER_AT}x)")
+    print("ours come from this catalog's profiles, batching included; the paper's from its analytical model: they "
+          "differ by construction (README: capacity)")
     return 0
 
 
@@ -192,15 +205,34 @@ def cmd_trace_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _handler_spec(args: argparse.Namespace) -> HandlerSpec | None:
+    """``--handler``/``--handler-options``/``--weights`` as a spec, checked as a catalog's are; None without."""
+    if args.handler is None:
+        return None
+    try:
+        options = json.loads(args.handler_options)
+    except ValueError as e:
+        raise ConfigError(f"--handler-options is not JSON ({e})", field="--handler-options",
+                          fix='a JSON object, e.g. {"threshold": 0.5}') from None
+    doc = {"factory": args.handler, "options": options, **({"weights": args.weights} if args.weights else {})}
+    spec = parse_handler(doc, Path.cwd() / "command-line", "--handler")
+    handlers.importable(spec)  # refused here, in one line, not in every worker
+    return spec
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     catalog = load_catalog(args.catalog)
     settings = ProfileSettings(args.family, tuple(_split(args.variants, "variants")),
                                parse_positive_ints(args.batches, "--batches", "1,2,4,8"), parse_shares(args.sm_shares),
                                Path(args.out), parse_colocation(args.colocation), args.device, args.min_iters,
-                               args.time_per_config)
+                               args.time_per_config, _handler_spec(args))
     s = run_profile(settings, catalog, args.gpu_type)
     print(f"{s.device_type} ({s.device_name}): measured {s.measured}, skipped {s.skipped}, "
           f"{s.already} already in {s.out}")
+    if s.noisy:
+        print(f"warning: {len(s.noisy)} configuration(s) measured noisy ({s.noisy[0]}{', ...' if len(s.noisy) > 1 else ''}"
+              f"): something else ran on the device; measure on an idle one (delete those rows to re-measure)",
+              file=sys.stderr)
     for c in s.colocation:
         print(f"  co-location {c['segment']} x{c['workers']} ({c['worker_units']} per worker): "
               f"p50 x{c['median_p50_factor']:.2f}, items/s per worker / {c['median_slowdown']:.2f} "
@@ -220,21 +252,25 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         port=args.port, interval_s=args.interval, min_rps=args.min_rps, catalog=args.catalog, gpu_type=args.gpu_type,
         gpus=args.gpus, policy=args.policy, plan_file=args.plan, max_workers=args.max_workers, model=args.model,
         solver=SolverOptions(headroom=args.headroom, time_limit_s=args.time_limit),
-        max_connections=args.max_connections, auth_token=token, insecure=args.insecure))
+        max_connections=args.max_connections, auth_token=token, insecure=args.insecure, advisory=args.advisory))
 
 
 def cmd_loadgen(args: argparse.Namespace) -> int:
     import asyncio
 
     from jigsaw.serving_shim.http import Client
-    from jigsaw.serving_shim.loadgen import replay, trace_arrivals
+    from jigsaw.serving_shim.loadgen import replay, request_bodies, trace_arrivals
 
     Client(args.url)  # a malformed URL is refused before anything else is said
     trace = load_trace(args.trace, time_scale=args.time_scale, rate_scale=args.rate_scale)
     times, apps = trace_arrivals(trace, args.duration, args.seed)
-    s = asyncio.run(replay(args.url, times, apps, trace.apps, timeout_s=args.timeout, on_start=lambda: print(
+    bodies = request_bodies(load_catalog(args.catalog), trace.apps, Path(args.images) if args.images else None)
+    s = asyncio.run(replay(args.url, times, apps, trace.apps, bodies, timeout_s=args.timeout, on_start=lambda: print(
         f"replaying {len(times)} requests over {times[-1] if len(times) else 0:.1f} s against {args.url}",
         file=sys.stderr))).summary()
+    if s["skipped"]:
+        print("skipped the requests of apps the daemon does not serve: "
+              + ", ".join(f"{a} ({n})" for a, n in s["skipped"].items()), file=sys.stderr)
     if args.json:
         print(json.dumps(s))
     else:
@@ -340,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rps", required=True, help="req/s per app, comma-separated (one value = every app)")
     p.add_argument("--gpus", type=int, required=True, help="GPUs in the cluster")
     p.add_argument("--features", default="A,S,T", help="levers: A accuracy, S spatial, T budgeting (default A,S,T)")
+    p.add_argument("--mig-config", default=None, metavar="FILE",
+                   help="also write the plan's MIG layout as an nvidia-mig-parted config (YAML) for the fleet's tools")
     p.set_defaults(run=cmd_solve)
 
     p = verbs.add_parser("capacity", help="maximum serviceable demand for all eight feature sets")
@@ -418,12 +456,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sm-shares", default="mig", help="'mig' (each MIG size's SM count) or percentages of the SMs "
                    "(CPU: cores), comma-separated (default mig)")
     p.add_argument("--out", required=True, help="profile CSV to write; an existing one is resumed")
-    p.add_argument("--colocation", default="1,2,4", help="MPS workers per segment to measure (default 1,2,4; 1 = none)")
+    p.add_argument("--colocation", default="1", help="MPS workers per segment to measure, e.g. 1,2,4 (default 1: alone "
+                   "only; co-location is opt-in, it multiplies the runs)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if visible, else cpu")
     p.add_argument("--min-iters", type=int, default=20, help="timed repetitions at least (default 20)")
     p.add_argument("--time-per-config", type=float, default=0.3, help="timing window per configuration, s (default 0.3)")
     p.add_argument("--catalog", default=None, help="catalog directory or file (default: the built-in one)")
     p.add_argument("--gpu-type", default="h100", help="GPU type whose MIG sizes 'mig' means (default h100)")
+    p.add_argument("--handler", default=None, help="time this handler (module:factory) as a worker runs it, "
+                   "preprocessing included, instead of the stand-in model alone")
+    p.add_argument("--handler-options", default="{}", help="the handler's options as JSON (default {})")
+    p.add_argument("--weights", default=None, help="a local weights file for the handler")
     p.set_defaults(run=cmd_profile)
 
     p = verbs.add_parser("daemon", help="serve apps: the controller loop against live traffic (Ctrl-C/SIGTERM stops)")
@@ -449,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-workers", type=int, default=None, help="cpu backend: cap on worker processes "
                    "(default: the core count, at least 2)")
     p.add_argument("--model", default=None, help="cpu backend: run this stand-in in every worker (e.g. noop)")
+    p.add_argument("--advisory", action="store_true",
+                   help="serve the starting plan (--plan, or the first decision) and only report what the controller "
+                        "would change, in /status, /metrics and TensorBoard: how to trust it before it acts")
     p.add_argument("--catalog", default=None, help="catalog directory or file (default: the built-in one)")
     p.add_argument("--gpu-type", default="h100", help="GPU type from the catalog (default h100)")
     p.add_argument("--headroom", type=float, default=SolverOptions.headroom,
@@ -464,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-scale", type=float, default=1.0, help="multiply the rates")
     p.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals (default 0)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before an unanswered request is lost")
+    p.add_argument("--images", default=None,
+                   help="folder of PNG/JPEG files to send to the image apps (default: 16 generated images)")
+    p.add_argument("--catalog", default=None, help="catalog directory or file (default: the built-in one)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(run=cmd_loadgen)
     return parser

@@ -43,7 +43,8 @@ from jigsaw.env.candidates import SolverOptions
 from jigsaw.env.perf import compile_plan
 from jigsaw.env.plan import Plan
 from jigsaw.env.transitions import FleetBuilder
-from jigsaw.profiles.catalog import Catalog, load_catalog
+from jigsaw.profiles import handlers
+from jigsaw.profiles.catalog import Catalog, load_catalog, with_fanout_ratios
 from jigsaw.profiles.errors import PlanError, ShimError, ensure_writable_dir
 from jigsaw.serving_shim import exposition, metrics
 from jigsaw.serving_shim.access import authorized, check_exposure, private_dir, write_private
@@ -58,6 +59,9 @@ log = logging.getLogger("jigsaw.daemon")
 PLAN_FILE = "plan.json"
 PEAK_WINDOW_S = 10.0  # the windows an interval's busiest rate is measured over (the shipped traces' finest bins)
 _KEPT_DECISIONS = 50
+FANOUT_MIN_ITEMS = 100  # items served at an edge's parent before its measured fan-out replaces the catalog's
+FANOUT_TOLERANCE = 0.1  # relative difference from the catalog's fan-out that counts as a difference
+FANOUT_FLOOR = 1e-3  # a measured fan-out of 0 still plans a worker for the child (every task gets one)
 _LOOP_ERRORS = ("control", "persist", "tensorboard")  # kinds of the control loop's survived errors
 
 
@@ -81,6 +85,7 @@ class DaemonConfig:
     max_connections: int | None = None  # open HTTP connections at once (default: from the file limit)
     auth_token: str | None = None  # when set, every request needs "Authorization: Bearer <token>"
     insecure: bool = False  # beyond loopback without a token: a proxy in front authenticates
+    advisory: bool = False  # after the starting plan, decisions are reported (``advice``), never applied
 
 
 def load_policy(cfg: DaemonConfig, catalog: Catalog) -> tuple[Proposer, str]:
@@ -107,6 +112,16 @@ class Daemon:
             if not self.catalog.serves(self.gpu.name, name):
                 raise ShimError(f"app '{name}' has no profile on {self.gpu.name}", field="--app",
                                 fix=f"use one of {', '.join(self.catalog.apps_for(self.gpu.name))}")
+        if cfg.model is None:  # each variant's handler must import here before a worker tries
+            for app in map(self.catalog.app, cfg.apps):
+                for task in app.tasks:
+                    for spec in {v.handler for v in task.variants}:
+                        try:
+                            handlers.importable(spec)
+                        except handlers.HandlerError as e:
+                            raise ShimError(f"{app.source_file}: {e}", field=f"tasks.{task.name}.handler",
+                                            fix="install the handler's module where the daemon runs, or fix its name",
+                                            ) from None
         if cfg.model is not None:
             known = {"noop"} | {x for a in cfg.apps for t in self.catalog.app(a).tasks
                                 for x in (t.family, *(v.name for v in t.variants))}
@@ -154,6 +169,9 @@ class Daemon:
         self.slices_used = 0.0
         self.decisions: deque[dict[str, Any]] = deque(maxlen=_KEPT_DECISIONS)
         self.sources: Counter[str] = Counter()
+        self.advice: dict[str, Any] | None = None  # advisory mode: the last decision, not applied
+        self.advised = 0  # advisory mode: decisions that would have changed the plan
+        self.fanout_ratios: dict[tuple[str, str, str], float] = {}  # the measured fan-outs in use (_measured_catalog)
         self.rates_rps = dict.fromkeys(cfg.apps, 0.0)
         self.url = ""
         self.started_s = clock()
@@ -210,6 +228,9 @@ class Daemon:
                 await self.apply(self.first_plan)
             else:
                 await self._decide({a: self.cfg.min_rps for a in self.cfg.apps})
+            if self.reconciler.unloadable:  # a handler that does not load will not load on a retry either
+                raise ShimError(f"a worker's handler did not load: {self.reconciler.unloadable[0]}", field="handler",
+                                fix="fix the handler or its weights (the worker's log has the rest)")
             if on_ready is not None:
                 on_ready(self.url)
             await self._control_loop()
@@ -259,16 +280,52 @@ class Daemon:
         self.reconciler.cluster_slices = float(gpus * self.gpu.compute_slices)
         await self._decide({a: max(r, self.cfg.min_rps) for a, r in self.rates_rps.items()})
 
+    def _measured_catalog(self) -> Catalog:
+        """The catalog with the fan-outs the router measured where they differ from it: per edge, over at least
+        FANOUT_MIN_ITEMS items served at its parent, by more than FANOUT_TOLERANCE (relative)."""
+        served: Counter[tuple[str, str, str]] = Counter()
+        sent: Counter[tuple[str, str, str]] = Counter()
+        expected: Counter[tuple[str, str, str]] = Counter()
+        for row in self.router.measured_fanouts():
+            edge = (row["app"], row["from"], row["to"])
+            served[edge] += row["served"]
+            sent[edge] += row["sent"]
+            expected[edge] += row["served"] * row["catalog"]
+        ratios = {e: max(FANOUT_FLOOR, sent[e] / expected[e]) for e in served
+                  if served[e] >= FANOUT_MIN_ITEMS and abs(sent[e] / expected[e] - 1) > FANOUT_TOLERANCE}
+        if ratios != self.fanout_ratios:
+            log.info("measured fan-outs differ from the catalog's: %s", ", ".join(
+                f"{a}/{u}->{v} x{r:.2f}" for (a, u, v), r in sorted(ratios.items())) or "none now")
+            self.fanout_ratios = ratios
+        return with_fanout_ratios(self.catalog, ratios) if ratios else self.catalog
+
     async def _decide(self, demand: dict[str, float], peak: dict[str, float] | None = None) -> None:
+        self.controller.catalog = self._measured_catalog()
         try:
             decision = await asyncio.to_thread(self.controller.decide, demand, peak)
         except Exception as e:  # a failed decision keeps the current plan; the daemon lives on
             log.exception("decision failed; keeping the current plan")
             self._record(demand, None, f"{type(e).__name__}: {e}")
             return
+        advising = self.cfg.advisory and self.plan is not None and decision.plan is not None
+        if advising:
+            self._advise(decision.plan)  # type: ignore[arg-type]
         self._record(demand, decision, "")
-        if decision.plan is not None and (decision.plan != self.plan or self.reconciler.failed):
+        if not advising and decision.plan is not None and (decision.plan != self.plan or self.reconciler.failed):
             await self.apply(decision.plan)
+
+    def _advise(self, plan: Plan) -> None:
+        """Advisory mode: report ``plan`` beside the plan in force, which stays (and stays the controller's)."""
+        self.controller.current = self.plan
+        changes = {f"{a}/{t}": {k: [getattr(now, k), getattr(new, k)] for k in ("variant", "segment", "replicas", "batch")
+                                if getattr(now, k) != getattr(new, k)}
+                   for a, tasks in plan.apps.items() for t, new in tasks.items()
+                   if (now := self.plan.apps.get(a, {}).get(t)) is not None and now != new}  # type: ignore[union-attr]
+        self.advice = {"time": time.time(), "slices": compile_plan(self.catalog, plan).slices_used,
+                       "slices_in_force": self.slices_used, "changes": changes, "plan": plan.to_dict()}
+        self.advised += int(bool(changes))
+        log.info("advisory: the controller would %s", f"change {', '.join(changes)} ({self.advice['slices']:g} slices "
+                 f"against {self.slices_used:g})" if changes else "keep the plan in force")
 
     async def apply(self, plan: Plan) -> None:
         """Reconcile to ``plan`` (make-before-break) and persist it."""
@@ -322,6 +379,9 @@ class Daemon:
                     w.add_scalar(tag, value, step)
         for app, st in self.router.stats.items():
             w.add_scalar(f"requests/{app}_violated_total", st.answers["violated"] + st.answers["dropped"], step)
+        if self.advice is not None:
+            w.add_scalar("advice/slices", self.advice["slices"], step)
+            w.add_scalar("advice/tasks_changed", len(self.advice["changes"]), step)
         w.flush()
 
     async def _shutdown(self) -> None:
@@ -386,6 +446,7 @@ class Daemon:
         return {"backend": self.backend.name, "apps": list(self.cfg.apps), "gpus": self.gpus, "url": self.url,
                 "uptime_s": round(self.clock() - self.started_s, 3), "plan_source": self.plan_source,
                 "plan": self.plan.to_dict() if self.plan is not None else None, "slices_used": self.slices_used,
+                "mig_config": self.plan.mig_parted_config(self.gpus) if self.plan is not None else None,
                 "rates_rps": self.rates_rps, "workers": self.reconciler.status(),
                 "worker_restarts": self.reconciler.restarts,
                 "worker_restarts_by_cause": dict(self.reconciler.restarts_by_cause),
@@ -393,6 +454,9 @@ class Daemon:
                 "devices": self.backend.devices(),
                 "decision_sources": dict(self.sources), "decisions": list(self.decisions)[-10:],
                 "answers": {a: dict(s.answers) for a, s in self.router.stats.items()}, "ready": self.ready(),
+                "fanouts": self.router.measured_fanouts(), "advisory": self.cfg.advisory, "advice": self.advice,
+                "fanouts_in_use": [{"app": a, "from": u, "to": v, "ratio_to_catalog": round(r, 4)}
+                                   for (a, u, v), r in sorted(self.fanout_ratios.items())],
                 "loop_errors": {k: self.errors.counts[k] for k in _LOOP_ERRORS},
                 "http": {"connections": len(self.server.connections), "max_connections": self.server.max_connections,
                          "errors": dict(self.server.errors.counts)}}

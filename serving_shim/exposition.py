@@ -66,6 +66,24 @@ class DaemonCollector:
         yield gauge("jigsaw_http_connections", "Open HTTP connections.", [], {(): len(d.server.connections)})
         yield gauge("jigsaw_http_connections_max", "Open HTTP connections at most (the cap).", [],
                     {(): d.server.max_connections})
+        fanouts = d.router.measured_fanouts()
+        edge = ["app", "from_task", "to_task", "variant"]
+        yield gauge("jigsaw_fanout_measured", "Items sent on per item served, per edge and variant of its parent.",
+                    edge, {(f["app"], f["from"], f["to"], f["variant"]): f["measured"] for f in fanouts})
+        yield gauge("jigsaw_fanout_catalog", "The catalog's fan-out of the same edge and variant.", edge,
+                    {(f["app"], f["from"], f["to"], f["variant"]): f["catalog"] for f in fanouts})
+        yield gauge("jigsaw_fanout_ratio_in_use",
+                    "Measured over catalog fan-out the controller plans with, per edge (absent: the catalog's).",
+                    ["app", "from_task", "to_task"], {k: r for k, r in d.fanout_ratios.items()})
+        yield gauge("jigsaw_advisory", "1 when decisions are reported, not applied (--advisory).", [],
+                    {(): float(d.cfg.advisory)})
+        if d.advice is not None:
+            yield gauge("jigsaw_advice_slices", "Compute slices of the plan the controller would apply (advisory).",
+                        [], {(): d.advice["slices"]})
+            yield gauge("jigsaw_advice_tasks_changed", "Tasks the advised plan would change (advisory).", [],
+                        {(): len(d.advice["changes"])})
+        yield counter("jigsaw_advised_changes_total", "Decisions that would have changed the plan (advisory).", [],
+                      {(): d.advised})
         yield counter("jigsaw_http_errors_total",
                       "HTTP server errors survived, by kind (accept: EMFILE and kin; handler: answered 500).",
                       ["kind"], {(k,): d.server.errors.counts[k] for k in ("accept", "handler")})

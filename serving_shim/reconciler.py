@@ -24,12 +24,14 @@ task without it. Restarts are counted by cause (``died``, ``hung``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from jigsaw.env.plan import Plan
@@ -37,6 +39,7 @@ from jigsaw.env.transitions import Change, FleetBuilder, change
 from jigsaw.profiles.types import GpuType
 from jigsaw.serving_shim.backends.base import Backend, WorkerHandle, WorkerSpec
 from jigsaw.serving_shim.errorlog import ErrorLog
+from jigsaw.serving_shim.ipc import HANDLER_EXIT
 from jigsaw.serving_shim.router import Replica, Router
 
 log = logging.getLogger("jigsaw.reconciler")
@@ -54,6 +57,7 @@ RESTART_CAUSES = ("died", "hung")
 class Worker:
     handle: WorkerHandle
     state: str = "starting"  # starting | ready | draining | stopped | failed
+    why: str = ""  # why it failed to start, where the worker said (its handler did not load)
     replica: Replica | None = None
     restarts: int = 0
     ready_s: float = 0.0  # seconds from launch to ready
@@ -82,6 +86,14 @@ class ApplyReport:
     predicted_switch_s: float = math.nan  # what jigsaw.env.transitions predicts for it (nan: no model given)
 
 
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
 class Reconciler:
     def __init__(self, backend: Backend, router: Router, gpu: GpuType, *, clock: Callable[[], float] = time.monotonic,
                  health_every_s: float = HEALTH_EVERY_S, health_timeout_s: float = HEALTH_TIMEOUT_S,
@@ -102,6 +114,7 @@ class Reconciler:
         self.workers: list[Worker] = []
         self.notes: tuple[str, ...] = ()
         self.failed: list[str] = []  # workers that did not start (the next apply retries them)
+        self.unloadable: list[str] = []  # of all workers ever started, those whose handler did not load, and why
         self.errors = ErrorLog(log)
         self.placed: Counter[WorkerSpec] = Counter()  # the workers the last apply meant to leave serving
         self.restarts_by_cause: Counter[str] = Counter(dict.fromkeys(RESTART_CAUSES, 0))
@@ -118,6 +131,13 @@ class Reconciler:
     def restarts(self) -> int:
         return sum(self.restarts_by_cause.values())
 
+    def _with_handler(self, spec: WorkerSpec) -> WorkerSpec:
+        """``spec`` with its variant's handler from the catalog (a stand-in chosen in its place keeps the built-in)."""
+        if spec.model != spec.variant or spec.app not in self.router.apps:
+            return spec
+        task = self.router.apps[spec.app].task(spec.task)
+        return dataclasses.replace(spec, handler=next(v.handler for v in task.variants if v.name == spec.variant))
+
     async def apply(self, plan: Plan) -> ApplyReport:
         async with self._lock:
             began = time.monotonic()
@@ -125,7 +145,7 @@ class Reconciler:
             self.notes = placement.notes
             for note in placement.notes:
                 log.info("placement: %s", note)
-            wanted = Counter(placement.specs)
+            wanted = Counter(self._with_handler(s) for s in placement.specs)
             keep: list[Worker] = []
             old: list[Worker] = []
             for w in self.serving:
@@ -156,7 +176,7 @@ class Reconciler:
             await asyncio.gather(*(self._retire(w) for w in retire))
             self.placed = Counter(placement.specs) + Counter(w.spec for w in old if w not in retire)
             self.workers = [w for w in self.workers if w.state in ("starting", "ready")]
-            self.failed = [w.handle.name for w in new if w.state == "failed"]
+            self.failed = [w.handle.name + (f" ({w.why})" if w.why else "") for w in new if w.state == "failed"]
             self.in_force = plan
             report = ApplyReport(len(ready), len(keep), len(retire) + len(early), self.failed, placement.notes,
                                  len(early), switch_s, change.delay_s if change is not None else math.nan)
@@ -228,8 +248,12 @@ class Reconciler:
                 break
             await asyncio.sleep(_POLL_S)
         w.state = "failed"
+        code = w.handle.process.poll()
+        if code == HANDLER_EXIT:
+            w.why = _last_line(w.handle.log)
+            self.unloadable.append(f"{w.handle.name} ({w.why})")
         log.error("worker %s failed to start (%s); see %s", w.handle.name,
-                  "it exited" if w.handle.process.poll() is not None else "not ready in time", w.handle.log)
+                  w.why or ("it exited" if code is not None else "not ready in time"), w.handle.log)
         await asyncio.to_thread(self.backend.stop, w.handle)
 
     async def _attach(self, w: Worker) -> None:

@@ -1,14 +1,19 @@
 """The router: the front end that runs every request through its app's task graph on the workers.
 
-``POST /v1/apps/{app}/infer`` with a small JSON object (``{"id": ..., "payload_bytes": ...}``; both
-optional) answers, exactly once per request:
+``POST /v1/apps/{app}/infer`` with an image (``Content-Type: image/png|jpeg``) or JSON ``{"inputs": ...,
+"id": ...}`` (``jigsaw.serving_shim.payloads``; an ``X-Request-Id`` header names an image's request) answers,
+exactly once per request:
 
-* 200 ``{"status": "ok", ...}`` — served within the app's latency SLO, or ``"violated"`` — served late;
+* 200 ``{"status": "ok", "outputs": {sink task: [results]}, "latency_ms": ...}`` — served within the app's
+  latency SLO, or ``"violated"`` — served late;
 * 503 ``{"status": "dropped", "reason": ...}`` — dropped early because its deadline could no longer be met
   (counted as a violation), or because no plan serves the app yet;
 * 502/504 ``{"status": "error", ...}`` — a batch failed twice, or no worker answered within
   ``ANSWER_GRACE_S`` after the deadline;
-* 400/404/405/413 for a malformed request, an unknown app, a wrong method, an oversized body.
+* 422/500 ``{"status": "error", ...}`` — a handler refused the input (``ValueError``/``TypeError``), or failed
+  on it; the rest of its batch is served;
+* 400/404/405/413/415 for a malformed request or a body that does not decode, an unknown app, a wrong method,
+  an oversized body or image, a media type not served.
 
 Per task of every app (times from the event loop's monotonic clock, seconds):
 
@@ -18,8 +23,10 @@ Per task of every app (times from the event loop's monotonic clock, seconds):
 * Least-loaded replica. A batch goes to the replica with the fewest batches in flight (at most
   ``MAX_IN_FLIGHT``, so that the next batch waits in the worker's socket while one runs; ties: the one that
   has served fewest batches). Draining replicas take no new batches.
-* Fan-out. An item done at u sends floor(f) + Bernoulli(frac f) items to each child v, f the app's fan-out
-  for the variant of the replica that served it (as in ``jigsaw.env.sim``).
+* Fan-out from the data. An item done at u sends its output's items to its children (a detector's crops, one
+  item each, to the children whose edge takes their label); an item's key is its path of output indices, so a
+  sink's results are answered in a fixed order. Per edge and variant the router counts the items sent per item
+  served (``fanout_counts``): the measured fan-out the daemon exports and gives the controller.
 * Deadlines and early drop. A request's deadline is its arrival + the app's SLO. An item is dropped on
   arrival at a task, and at the head of its queue, when now + the remaining service time (this task's and
   the longest chain below it, each the fastest recent batch) passes the deadline; at the deadline a request
@@ -35,18 +42,18 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
-import random
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from jigsaw.env.perf import BATCH_TIMEOUT_SHARE
 from jigsaw.env.plan import Plan
 from jigsaw.profiles.catalog import Catalog
 from jigsaw.profiles.types import App
-from jigsaw.serving_shim import ipc
+from jigsaw.serving_shim import ipc, payloads
 from jigsaw.serving_shim.http import Request, Response
 from jigsaw.serving_shim.metrics import Histogram
 
@@ -69,7 +76,7 @@ class InferRequest:
     open_items: int = 0  # items created and not yet done
     queued: int = 0  # of those, waiting in a task queue
     items: int = 0  # items served
-    result: int = 0  # a checksum of the sinks' results
+    results: dict[str, list[tuple[tuple[int, ...], Any]]] = field(default_factory=dict)  # sink -> (key, result)
     critical_ms: float = 0.0  # the longest chain of worker service times over its items
     done: bool = False
     timer: asyncio.TimerHandle | None = None
@@ -80,6 +87,8 @@ class Item:
     request: InferRequest
     enqueued_s: float
     path_ms: float  # worker service time along its chain so far
+    payload: np.ndarray  # the task's input
+    key: tuple[int, ...] = ()  # output indices from the request to this item
     retried: bool = False
 
 
@@ -120,7 +129,7 @@ class Replica:
     async def _read(self) -> None:
         try:
             while True:
-                self.router._on_reply(self, await ipc.read_message(self.reader))
+                self.router._on_reply(self, *await ipc.read_message(self.reader))
         except (EOFError, ConnectionError, OSError, ValueError) as e:
             if not self.closed:
                 self.router._on_lost(self, f"{type(e).__name__}: {e}")
@@ -129,7 +138,7 @@ class Replica:
         self.in_flight[bid] = items
         self.idle.clear()
         self.served += 1
-        self.writer.write(ipc.encode({"op": "infer", "id": bid, "n": len(items)}))
+        self.writer.writelines(ipc.encode({"op": "infer", "id": bid}, [item.payload for item in items]))
 
     def close(self) -> None:
         self.closed = True
@@ -148,7 +157,7 @@ class Router:
     """Requests in, task graphs through workers, answers out. ``configure`` takes a plan's batch sizes and
     budgets; ``add_replica``/``drain`` change the workers behind a task (the reconciler calls them)."""
 
-    def __init__(self, catalog: Catalog, apps: list[str], *, seed: int = 0) -> None:
+    def __init__(self, catalog: Catalog, apps: list[str]) -> None:
         self.apps = {name: catalog.app(name) for name in apps}
         self.queues: dict[tuple[str, str], TaskQueue] = {}
         for name, app in self.apps.items():
@@ -162,7 +171,8 @@ class Router:
         self.overhead = Histogram((0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1))
         self.pending: set[InferRequest] = set()
         self.accepting = True  # False while shutting down: new requests are dropped at once
-        self.rng = random.Random(seed)
+        # (app, u, v, variant of u) -> [items served at u, items sent to v]: the measured fan-out
+        self.fanout_counts: dict[tuple[str, str, str, str], list[int]] = {}
         self._bids = itertools.count()
         self._rids = itertools.count()
 
@@ -198,6 +208,16 @@ class Router:
             log.warning("%s: still busy after %g s of draining; its batches are retried", replica.name, timeout_s)
         self.detach(replica, "drained")
 
+    def measured_fanouts(self) -> list[dict[str, Any]]:
+        """Per edge and variant of its parent: items served at the parent, items sent on, their ratio (the
+        measured fan-out) and the catalog's figure."""
+        out = []
+        for (app, u, v, variant), (served, sent) in sorted(self.fanout_counts.items()):
+            out.append({"app": app, "from": u, "to": v, "variant": variant, "served": served, "sent": sent,
+                        "measured": sent / served if served else None,
+                        "catalog": self.apps[app].fanout(u, v, variant)})
+        return out
+
     # ------------------------------------------------------------------------------------------------- requests
 
     async def handle(self, request: Request) -> Response | None:
@@ -207,17 +227,18 @@ class Router:
             return None
         if request.method != "POST":
             return Response.error(405, "use POST")
-        try:
-            body = json.loads(request.body)
-        except (ValueError, RecursionError) as e:  # RecursionError: nested too deeply (10,000 lists in 20 KB)
-            return Response.error(400, f"body is not JSON ({e})")
-        if not isinstance(body, dict):
-            return Response.error(400, 'body must be a JSON object, e.g. {"id": 1}')
         if parts[2] not in self.apps:
             return Response.error(404, f"unknown app '{parts[2]}'; served: {', '.join(self.apps)}")
-        return await self.infer(parts[2], str(body.get("id", next(self._rids))))
+        kind = request.headers.get("content-type", "")
+        try:  # an image decodes off the event loop: a large one takes milliseconds
+            payload, rid = (await asyncio.to_thread(payloads.decode, request.body, kind)
+                            if payloads.media_type(kind) in payloads.IMAGE_TYPES else payloads.decode(request.body, kind))
+        except payloads.PayloadError as e:
+            return Response.error(e.status, str(e))
+        rid = rid or request.headers.get("x-request-id") or str(next(self._rids))
+        return await self.infer(parts[2], rid, payload)
 
-    async def infer(self, app: str, rid: str) -> Response:
+    async def infer(self, app: str, rid: str, payload: np.ndarray) -> Response:
         loop = asyncio.get_running_loop()
         now = loop.time()
         self.stats[app].arrivals += 1
@@ -228,7 +249,7 @@ class Router:
         self.pending.add(req)
         req.timer = loop.call_at(req.deadline_s, self._expire, req)
         for task in self.sources[app]:
-            self._enqueue(self.queues[(app, task)], Item(req, now, 0.0))
+            self._enqueue(self.queues[(app, task)], Item(req, now, 0.0, payload))
         return await req.future
 
     def abort_all(self, reason: str) -> None:
@@ -296,37 +317,50 @@ class Router:
                 q = self.queues[(app.name, t)]
                 q.rem_s = q.service_s + max((self.queues[(app.name, c)].rem_s for c in q.children), default=0.0)
 
-    def _on_reply(self, replica: Replica, message: dict[str, Any]) -> None:
+    def _on_reply(self, replica: Replica, message: dict[str, Any], blobs: list[np.ndarray]) -> None:
         items = replica.in_flight.pop(message.get("id"), None)  # type: ignore[arg-type]
         if not replica.in_flight:
             replica.idle.set()
         tq = replica.queue
         if items is None:
             return
-        if not message.get("ok") or len(message.get("out", ())) != len(items):
+        answers = message.get("out", ())
+        if not message.get("ok") or len(answers) != len(items):
             self._retry(tq, items, str(message.get("error", "malformed answer")))
             self._pump(tq)
             return
         ms = float(message["ms"])
         self._note_service(tq, ms)
         now = asyncio.get_running_loop().time()
-        for item, out in zip(items, message["out"], strict=True):
+        app = tq.app
+        for item, answer in zip(items, answers, strict=True):
             req = item.request
             if req.done:
                 continue
+            if "error" in answer:  # this input alone: a handler's verdict on it is not retried elsewhere
+                refused = bool(answer.get("refused"))
+                self._finish(req, "error", 422 if refused else 500,
+                             f"{tq.task} {'refused the input' if refused else 'failed'}: {answer['error']}")
+                continue
+            try:
+                forward = [(label, blobs[k]) for label, k in answer["forward"]]
+            except (KeyError, IndexError, TypeError, ValueError):
+                self._finish(req, "error", 502, f"{tq.task}: a malformed answer from worker {replica.name}")
+                continue
             req.items += 1
             path_ms = item.path_ms + ms
-            spawned = 0
+            children = payloads.children_items(app, tq.task, forward)
             for child in tq.children:
-                f = tq.app.fanout(tq.task, child, replica.variant)
-                k = int(f) + (self.rng.random() < f - int(f))
-                spawned += k
-                for _ in range(k):
-                    self._enqueue(self.queues[(tq.app.name, child)], Item(req, now, path_ms))
+                counts = self.fanout_counts.setdefault((app.name, tq.task, child, replica.variant), [0, 0])
+                counts[0] += 1
+                counts[1] += sum(1 for c, *_ in children if c == child)
+            for child, j, x in children:
+                self._enqueue(self.queues[(app.name, child)], Item(req, now, path_ms, x, (*item.key, j)))
             if req.done:
                 continue
-            if not spawned:
-                req.result = (req.result + int(out)) & 0x7FFFFFFF
+            if not tq.children:
+                req.results.setdefault(tq.task, []).append((item.key, answer.get("value")))
+            if not children:
                 req.critical_ms = max(req.critical_ms, path_ms)
             req.open_items -= 1
             if req.open_items == 0:
@@ -390,7 +424,8 @@ class Router:
             overhead_ms = 1000 * latency_s - req.critical_ms
             self.overhead_ms.append(overhead_ms)
             self.overhead.observe(overhead_ms / 1000)
-            doc |= {"items": req.items, "result": req.result, "worker_ms": round(req.critical_ms, 3)}
+            doc |= {"outputs": payloads.ordered(req.results, self.apps[req.app]), "items": req.items,
+                    "worker_ms": round(req.critical_ms, 3)}
         else:
             doc["reason"] = reason
         req.future.set_result(Response.json(code, doc))

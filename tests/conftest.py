@@ -3,13 +3,16 @@ enumeration of MIG partitions (used by test_mig and by the ILP brute force)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import csv
 import json
 import selectors
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,3 +213,25 @@ def start_daemon(*args: str, stderr: Any = subprocess.DEVNULL,
     line = proc.stdout.readline()
     assert " on http://" in line, line
     return proc, line.split(" on ")[1].split()[0]
+
+
+@contextlib.contextmanager
+def daemon_in_thread(cfg: Any) -> Iterator[tuple[Any, asyncio.AbstractEventLoop]]:
+    """A ``Daemon`` of ``cfg`` serving on an event loop thread of its own, until the block ends; yields it and its
+    loop. Every worker it started is stopped at the end."""
+    from jigsaw.serving_shim.daemon import Daemon
+
+    daemon = Daemon(cfg)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    thread = threading.Thread(target=loop.run_until_complete, args=(daemon.run(on_ready=lambda _: ready.set()),))
+    thread.start()
+    try:
+        if not ready.wait(DAEMON_START_TIMEOUT_S):
+            pytest.fail("the daemon did not start")
+        yield daemon, loop
+    finally:
+        loop.call_soon_threadsafe(daemon.stop)
+        thread.join(60)
+    assert not thread.is_alive()
+    assert not daemon.reconciler.workers  # every worker stopped

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 from jigsaw.agents.baselines import WindowedController
 from jigsaw.agents.controller import BACKOFF_SOLVES, Controller
+from jigsaw.env.candidates import SolverOptions
 from jigsaw.env.perf import compile_plan, evaluate
 from jigsaw.profiles.catalog import Catalog
 
@@ -41,3 +44,15 @@ def test_the_window_rule_scales_up_at_once_and_down_only_after_the_window(builti
         Controller(builtin_catalog, "h100", apps, 2), WindowedController(builtin_catalog, "h100", apps, 2, window=3)))
     assert plain == [1.0, 2.0, 1.0, 1.0, 1.0, 1.0]
     assert windowed == [1.0, 2.0, 2.0, 2.0, 1.0, 1.0]
+
+
+STOPPING_S = 0.25  # past its limit, the solver stops at its next check of the clock
+
+
+def test_the_time_limit_bounds_the_whole_decision_back_off_included(builtin_catalog: Catalog) -> None:
+    apps = ["social_media", "traffic_analysis", "ar_assistant"]
+    for limit in (0.5, 1.5):
+        ctl = Controller(builtin_catalog, "h100", apps, 4, opts=SolverOptions(time_limit_s=limit))
+        start = time.perf_counter()
+        d = ctl.decide({"social_media": 50_000.0, "traffic_analysis": 5_000.0, "ar_assistant": 5_000.0})
+        assert time.perf_counter() - start <= limit + STOPPING_S, d.ilp_status  # no back-off beyond it

@@ -17,6 +17,7 @@ from conftest import start_daemon
 
 from jigsaw.agents.ppo import DEFAULT_POLICY
 from jigsaw.scripts.cli import main
+from jigsaw.serving_shim.payloads import sample_images
 
 
 def start_ar_daemon(run_dir: Path) -> tuple[subprocess.Popen[str], str]:
@@ -41,11 +42,13 @@ def stop(proc: subprocess.Popen[str], pids: list[int]) -> None:
 def test_daemon_serves_stops_on_sigterm_and_restores_its_plan(tmp_path):
     proc, url = start_ar_daemon(tmp_path)
     try:
-        req = urllib.request.Request(f"{url}/v1/apps/ar_assistant/infer", data=b'{"id": 1}', method="POST")
+        req = urllib.request.Request(f"{url}/v1/apps/ar_assistant/infer", data=sample_images(1)[0], method="POST",
+                                     headers={"Content-Type": "image/png"})
         with urllib.request.urlopen(req, timeout=30) as r:
             assert r.status == 200 and json.loads(r.read())["status"] in ("ok", "violated")
         status = get(f"{url}/status")
         assert status["plan_source"] == "controller" and status["decision_sources"] == {"ilp": 1}
+        assert status["mig_config"]["mig-configs"]["jigsaw"][0]["mig-enabled"]  # the layout, for nvidia-mig-parted
         assert len(status["workers"]) == 3 and all(w["state"] == "ready" for w in status["workers"])
         metrics = urllib.request.urlopen(f"{url}/metrics", timeout=30).read().decode()
         assert 'jigsaw_decisions_total{source="ilp"} 1' in metrics

@@ -15,6 +15,7 @@ import sys
 import time
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from jigsaw.env.plan import GpuLayout, Plan, TaskConfig
@@ -126,7 +127,8 @@ async def _long_batch(rec: Reconciler) -> None:
     n = min(4000, math.ceil(1000 * LONG_BATCH_S / per_item_ms))
     backend: TimedBackend = rec.backend  # type: ignore[assignment]
     backend.checks.clear()
-    answer = await ipc.request(busy.handle.socket, {"op": "infer", "id": 1, "n": n}, timeout_s=120.0)
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    answer = await ipc.request(busy.handle.socket, {"op": "infer", "id": 1}, 120.0, [image] * n)
     during = [s for name, ok, s in backend.checks if name == busy.handle.name]
     print(f"long batch: {n} items in {answer['ms'] / 1000:.2f} s; {len(during)} health checks meanwhile, "
           f"slowest answer {1000 * max(during, default=0):.1f} ms, failed "
@@ -139,11 +141,12 @@ async def _long_batch(rec: Reconciler) -> None:
 async def _stopped_replica(rec: Reconciler) -> None:
     victim, other = rec.serving
     sent: list[asyncio.Task] = []
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
     replaced = asyncio.Event()
 
     async def load() -> None:  # open loop until a second after the replacement serves
         while not replaced.is_set() or time.monotonic() < replaced_s + 1.0:
-            sent.append(asyncio.create_task(rec.router.infer(APP, str(len(sent)))))
+            sent.append(asyncio.create_task(rec.router.infer(APP, str(len(sent)), image)))
             await asyncio.sleep(1 / LOAD_RPS)
 
     replaced_s = math.inf

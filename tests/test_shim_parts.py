@@ -9,14 +9,16 @@ import dataclasses
 import os
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from jigsaw.env.plan import GpuLayout, Plan, TaskConfig
+from jigsaw.env.plan import MIG_CONFIG_NAME, GpuLayout, Plan, TaskConfig
 from jigsaw.profiles.errors import CatalogError, ShimError
+from jigsaw.scripts.cli import main
 from jigsaw.serving_shim.backends import CpuBackend, MigBackend, MpsBackend
-from jigsaw.serving_shim.backends.mig import difference, repartition_commands
+from jigsaw.serving_shim.backends.mig import MIG_CONFIG_FILE, difference, repartition_commands
 from jigsaw.serving_shim.backends.mps import sm_percentage
 from jigsaw.serving_shim.backends.nvidia import Gpu, MigDevice
 from jigsaw.serving_shim.http import App, Response, Server
@@ -72,6 +74,26 @@ def test_mps_share_and_mig_difference(builtin_catalog):
     [line] = difference(plan, other)
     assert "3g.40gb" in line and "7g.80gb" in line
     assert "-cgi 3g.40gb,4g.40gb" in repartition_commands(plan)[0]
+
+
+def test_the_plans_mig_layout_as_an_nvidia_mig_parted_config(tmp_path, builtin_catalog):
+    plan = Plan("h100", {}, (GpuLayout(("3g.40gb", "4g.40gb"), ((), ())), GpuLayout(("1g.10gb",) * 7, ((),) * 7),
+                             GpuLayout(("4g.40gb", "3g.40gb"), ((), ()))))
+    doc = plan.mig_parted_config(n_gpus=4)
+    assert doc["version"] == "v1" and list(doc["mig-configs"]) == [MIG_CONFIG_NAME]
+    assert doc["mig-configs"][MIG_CONFIG_NAME] == [  # GPUs cut alike share an entry; the unused one has none
+        {"devices": [0, 2], "mig-enabled": True, "mig-devices": {"3g.40gb": 1, "4g.40gb": 1}},
+        {"devices": [1], "mig-enabled": True, "mig-devices": {"1g.10gb": 7}},
+        {"devices": [3], "mig-enabled": True, "mig-devices": {}}]
+    backend = MigBackend(tmp_path)  # the mig backend writes it where the present geometry differs
+    backend.gpus = [Gpu(g, "H100", f"GPU-{g}", True, (MigDevice(g, f"MIG-{g}", "7g.80gb"),)) for g in range(4)]
+    placement = backend.place(plan, builtin_catalog.gpus["h100"])
+    assert yaml.safe_load((tmp_path / MIG_CONFIG_FILE).read_text()) == doc
+    assert any(f"nvidia-mig-parted apply -f {tmp_path / MIG_CONFIG_FILE}" in n for n in placement.notes)
+    out = tmp_path / "solved.yaml"
+    assert main(["solve", "--app", "ar_assistant", "--rps", "50", "--gpus", "2", "--mig-config", str(out)]) == 0
+    solved = yaml.safe_load(out.read_text())["mig-configs"][MIG_CONFIG_NAME]
+    assert sorted(d for entry in solved for d in entry["devices"]) == [0, 1]
 
 
 def test_gpu_backends_refuse_a_machine_without_nvml(tmp_path):

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import os
 import signal
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,16 +18,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import daemon_in_thread
 
 from jigsaw.agents.controller import Controller
 from jigsaw.env.plan import GpuLayout, Plan
 from jigsaw.env.traces import Trace
+from jigsaw.profiles.errors import ShimError
 from jigsaw.serving_shim.daemon import Daemon, DaemonConfig
-from jigsaw.serving_shim.loadgen import LoadReport, replay, trace_arrivals
+from jigsaw.serving_shim.loadgen import Body, LoadReport, replay, request_bodies, trace_arrivals
 from jigsaw.serving_shim.reconciler import HEALTH_DEADLINE_S
 
 APP = "ar_assistant"
-LOAD_RPS = 20.0
+LOAD_RPS = 12.0  # ~8 items a request (detect, then recognise and segment per crop): 100 items/s on 2 cores
 START_TIMEOUT_S = 180.0  # workers import torch: slow on a loaded CI machine
 
 
@@ -41,15 +42,16 @@ def _replicas(plan: Plan, **changes: dict[str, Any]) -> Plan:
 
 
 class Shim:
-    def __init__(self, daemon: Daemon, loop: asyncio.AbstractEventLoop, plan: Plan) -> None:
-        self.daemon, self.loop, self.plan = daemon, loop, plan
+    def __init__(self, daemon: Daemon, loop: asyncio.AbstractEventLoop, plan: Plan, bodies: list[Body]) -> None:
+        self.daemon, self.loop, self.plan, self.bodies = daemon, loop, plan, bodies
 
     def get(self, path: str) -> dict[str, Any]:
         with urllib.request.urlopen(self.daemon.url + path, timeout=30) as r:
             return json.loads(r.read())
 
-    def post(self, body: bytes) -> tuple[int, dict[str, Any]]:
-        req = urllib.request.Request(f"{self.daemon.url}/v1/apps/{APP}/infer", data=body, method="POST")
+    def post(self, body: bytes, content_type: str = "image/png", rid: str = "") -> tuple[int, dict[str, Any]]:
+        req = urllib.request.Request(f"{self.daemon.url}/v1/apps/{APP}/infer", data=body, method="POST",
+                                     headers={"Content-Type": content_type, **({"X-Request-Id": rid} if rid else {})})
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
 
@@ -63,7 +65,8 @@ class Shim:
         times, apps = trace_arrivals(trace, None, seed=1)
 
         async def scenario() -> LoadReport:
-            load = asyncio.get_running_loop().create_task(replay(self.daemon.url, times, apps, trace.apps))
+            load = asyncio.get_running_loop().create_task(replay(self.daemon.url, times, apps, trace.apps,
+                                                                    {APP: self.bodies}))
             await asyncio.sleep(1.0)
             await during()
             return await load
@@ -77,20 +80,10 @@ def shim(tmp_path_factory, builtin_catalog):
     plan = Controller(builtin_catalog, "h100", [APP], 1).decide({APP: 5.0}).plan
     plan = _replicas(plan, recognise={"replicas": 2})
     plan.to_json(run_dir / "start.json")
-    daemon = Daemon(DaemonConfig(backend="cpu", apps=(APP,), run_dir=run_dir, port=0, interval_s=3600.0,
-                                 plan_file=str(run_dir / "start.json"), max_workers=8))
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    thread = threading.Thread(target=loop.run_until_complete, args=(daemon.run(on_ready=lambda _: ready.set()),))
-    thread.start()
-    if not ready.wait(START_TIMEOUT_S):
-        loop.call_soon_threadsafe(daemon.stop)
-        pytest.fail("the daemon did not start")
-    yield Shim(daemon, loop, plan)
-    loop.call_soon_threadsafe(daemon.stop)
-    thread.join(60)
-    assert not thread.is_alive()
-    assert not daemon.reconciler.workers  # every worker stopped
+    cfg = DaemonConfig(backend="cpu", apps=(APP,), run_dir=run_dir, port=0, interval_s=3600.0,
+                       plan_file=str(run_dir / "start.json"), max_workers=8)
+    with daemon_in_thread(cfg) as (daemon, loop):
+        yield Shim(daemon, loop, plan, request_bodies(builtin_catalog, [APP])[APP])
 
 
 def _alive(pid: int) -> bool:
@@ -102,11 +95,10 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_request_runs_through_the_depth_3_app(shim):
-    status, doc = shim.post(b'{"id": "first"}')
+    status, doc = shim.post(shim.bodies[0][0], rid="first")
     assert status == 200 and doc["status"] in ("ok", "violated") and doc["id"] == "first"
-    app = shim.daemon.catalog.apps[APP]
-    detect = shim.plan.apps[APP]["detect"].variant
-    assert doc["items"] >= 1 + int(app.fanout("detect", "recognise", detect))  # detect, then every recognise
+    assert set(doc["outputs"]) == {"segment"}  # the sink's results: one per crop the detector passed on
+    assert doc["items"] == 1 + 2 * len(doc["outputs"]["segment"])  # detect, then recognise and segment per crop
     metrics = urllib.request.urlopen(shim.daemon.url + "/metrics", timeout=30).read().decode()
     assert f'jigsaw_requests_total{{app="{APP}"}} 1' in metrics
     assert "jigsaw_request_latency_seconds_bucket" in metrics
@@ -156,7 +148,7 @@ def test_a_killed_worker_is_replaced_under_load(shim):
     assert status["worker_restarts"] == 1
     assert fresh[0]["task"] == "recognise" and fresh[0]["pid"] != victim["pid"]
     print(f"replacement ready {fresh[0]['ready_s']:.2f} s after its launch")
-    status_code, doc = shim.post(b"{}")
+    status_code, doc = shim.post(shim.bodies[0][0])
     assert status_code == 200 and doc["status"] in ("ok", "violated")
 
 
@@ -199,7 +191,7 @@ def test_a_stopped_worker_is_declared_hung_and_replaced_under_load(shim):
     print(f"replacement ready {fresh[0]['ready_s']:.2f} s after its launch")
     metrics = urllib.request.urlopen(shim.daemon.url + "/metrics", timeout=30).read().decode()
     assert 'jigsaw_worker_restarts_total{cause="hung"} 1' in metrics
-    status_code, doc = shim.post(b"{}")
+    status_code, doc = shim.post(shim.bodies[0][0])
     assert status_code == 200 and doc["status"] in ("ok", "violated")
 
 
@@ -225,3 +217,16 @@ def test_the_cluster_can_change_size_mid_run(shim):
     with urllib.request.urlopen(req, timeout=60) as r:
         assert json.loads(r.read())["gpus"] == 1
     shim.plan = Plan.from_dict(shim.get("/status")["plan"])
+
+
+def test_loadgen_skips_the_apps_the_daemon_does_not_serve(shim, builtin_catalog):
+    other = "social_media"
+    trace = Trace(np.array([0.0]), (APP, other), np.array([[5.0, 5.0]]), 2.0)
+    times, apps = trace_arrivals(trace, None, seed=3)
+    bodies = request_bodies(builtin_catalog, trace.apps)
+    report = asyncio.run(replay(shim.daemon.url, times, apps, trace.apps, bodies))
+    assert report.skipped == {other: int((apps == 1).sum())} and report.skipped[other] > 0
+    assert report.sent == int((apps == 0).sum()) and report.counts["errors"] == 0 and report.lost == 0
+    only_other = Trace(np.array([0.0]), (other,), np.array([[5.0]]), 1.0)
+    with pytest.raises(ShimError, match="none of the trace's apps"):
+        asyncio.run(replay(shim.daemon.url, *trace_arrivals(only_other, None, seed=3), only_other.apps, bodies))

@@ -11,8 +11,10 @@ backends differ in ``open``/``close``, ``place`` and ``devices``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import itertools
+import json
 import os
 import re
 import signal
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from jigsaw.env.plan import Plan
-from jigsaw.profiles.types import GpuType
+from jigsaw.profiles.types import GpuType, HandlerSpec
 from jigsaw.serving_shim import ipc
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +50,7 @@ class WorkerSpec:
     env: tuple[tuple[str, str], ...] = ()  # placement through the environment (CUDA_VISIBLE_DEVICES, MPS share)
     place: str = "cpu"  # where, for people: "cpu", "gpu0 3g.40gb (1/2)", "MIG-…"
     batch: int = field(default=1, compare=False)  # the plan's batch, warmed up before the worker is ready
+    handler: HandlerSpec = field(default=HandlerSpec(), compare=False)  # the variant's, from the catalog
 
     @property
     def key(self) -> str:
@@ -129,6 +132,8 @@ class Backend:
         env = {**os.environ, **dict(spec.env)}
         cmd = [sys.executable, "-m", "jigsaw.serving_shim.worker", "--socket", sock, "--model", spec.model,
                "--threads", str(spec.threads), "--device", spec.device, "--batch", str(spec.batch)]
+        if spec.handler != HandlerSpec():
+            cmd += ["--handler", json.dumps(dataclasses.asdict(spec.handler))]
         with log.open("ab") as out:
             process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                                        cwd=PROJECT_ROOT, start_new_session=True)  # a terminal's Ctrl-C is the daemon's

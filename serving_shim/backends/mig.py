@@ -2,10 +2,11 @@
 
 Every worker of the plan runs on a present MIG instance of its planned GPU and profile, with
 ``CUDA_VISIBLE_DEVICES=MIG-<uuid>``. The geometry is never changed here: ``difference`` compares the plan's
-partitions with the present ones, and a worker with no matching instance is reported, not started. The
-commands that would repartition are printed (``repartition_commands``) for an administrator to run on an
-idle GPU, opt-in. Workers sharing one instance (mps_workers > 1) share it time-sliced: no MPS daemon is
-started inside MIG instances.
+partitions with the present ones, and a worker with no matching instance is reported, not started. Where they
+differ, the plan's layout is written as an ``nvidia-mig-parted`` config (``MIG_CONFIG_FILE`` in the run dir) for
+the fleet's tooling, and the nvidia-smi commands that would repartition are printed (``repartition_commands``),
+for an administrator to apply on idle GPUs, opt-in. Workers sharing one instance (mps_workers > 1) share it
+time-sliced: no MPS daemon is started inside MIG instances.
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from jigsaw.env.plan import Plan
-from jigsaw.profiles.errors import ShimError
+import yaml
+
+from jigsaw.env.plan import MIG_CONFIG_NAME, Plan
+from jigsaw.profiles.errors import ShimError, write_text
 from jigsaw.profiles.types import GpuType
 from jigsaw.serving_shim.backends.base import Backend, Placement
 from jigsaw.serving_shim.backends.mps import spec_for
 from jigsaw.serving_shim.backends.nvidia import Gpu, discover
+
+MIG_CONFIG_FILE = "mig-config.yaml"  # in the run dir: the plan's layout for nvidia-mig-parted, when it differs
 
 
 def difference(plan: Plan, gpus: list[Gpu]) -> list[str]:
@@ -62,7 +67,10 @@ class MigBackend(Backend):
     def place(self, plan: Plan, gpu: GpuType) -> Placement:
         notes = [f"MIG layout differs from the plan: {d}" for d in difference(plan, self.gpus)]
         if notes:
-            notes.append("not repartitioned (opt-in, on an idle GPU): " + " ; ".join(repartition_commands(plan)))
+            config = self.run_dir / MIG_CONFIG_FILE
+            write_text(config, yaml.safe_dump(plan.mig_parted_config(len(self.gpus)), sort_keys=False), "run dir")
+            notes.append(f"not repartitioned (opt-in, on idle GPUs): nvidia-mig-parted apply -f {config} -c "
+                         f"{MIG_CONFIG_NAME}, or " + " ; ".join(repartition_commands(plan)))
         free = {g.index: list(g.mig_devices) for g in self.gpus}
         specs = []
         for g, layout in enumerate(plan.gpus):
