@@ -124,7 +124,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     apps = _split(args.app, "app") if args.app else catalog.apps_for(gpu.name)
     for a in apps:
         catalog.app(a)
-    with tqdm(desc="feasibility checks", unit="MILP", file=sys.stderr, disable=args.json or None) as bar:
+    with tqdm(desc="feasibility checks", unit="MILP", **_progress(args.json)) as bar:
         results = ablation(catalog, gpu.name, apps, args.gpus, _solver_options(args), args.tolerance, bar.update)
     base = results["none"].max_rps
     ratio = {n: (r.max_rps / base if base > 0 else None) for n, r in results.items()}  # None: nothing fits S off
@@ -265,9 +265,9 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
     trace = load_trace(args.trace, time_scale=args.time_scale, rate_scale=args.rate_scale)
     times, apps = trace_arrivals(trace, args.duration, args.seed)
     bodies = request_bodies(load_catalog(args.catalog), trace.apps, Path(args.images) if args.images else None)
-    s = asyncio.run(replay(args.url, times, apps, trace.apps, bodies, timeout_s=args.timeout, on_start=lambda: print(
-        f"replaying {len(times)} requests over {times[-1] if len(times) else 0:.1f} s against {args.url}",
-        file=sys.stderr))).summary()
+    s = asyncio.run(replay(args.url, times, apps, trace.apps, bodies, timeout_s=args.timeout, on_start=lambda n: print(
+        f"replaying {n} of the trace's {len(times)} requests over {times[-1] if len(times) else 0:.1f} s against "
+        f"{args.url}", file=sys.stderr))).summary()
     if s["skipped"]:
         print("skipped the requests of apps the daemon does not serve: "
               + ", ".join(f"{a} ({n})" for a, n in s["skipped"].items()), file=sys.stderr)
@@ -337,16 +337,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                             policy)
     if policy is None and not args.json:
         print("no --policy: the policy systems are skipped", file=sys.stderr)
-    ev = evaluate_systems(catalog, config, systems, args.intervals, _seeds(args.seeds),
-                          lambda jobs, what: tqdm(jobs, desc=what, file=sys.stderr, disable=args.json or None),
+    seeds = _seeds(args.seeds)
+    if not args.json:
+        print(f"evaluating {len(systems)} systems on the held-out part of {len(config.traces)} trace(s) x "
+              f"{len(seeds)} seed(s); a first run on this machine compiles the simulator's kernels first (~1 min)",
+              file=sys.stderr)
+    ev = evaluate_systems(catalog, config, systems, args.intervals, seeds,
+                          lambda jobs, what: tqdm(jobs, desc=what, **_progress(args.json)),
                           instant_changes=args.instant_changes)
     write_outputs(ev, logdir)
     if args.json:
         print(json.dumps(summary_document(ev)))
     else:
         print(markdown_table(ev))
-        print(f"tensorboard --logdir {logdir}")
+        print(f"wrote {logdir}/: evaluation.png, summary.md, summary.csv, intervals.csv and a TensorBoard run per "
+              f"system (tensorboard --logdir {logdir})", file=sys.stderr)
     return 0
+
+
+def _progress(quiet: bool) -> dict[str, Any]:
+    """tqdm's options for a long command's progress on stderr: shown unless ``quiet`` (--json), a terminal or not
+    (a log gets a line every 30 s rather than a redraw every 0.1 s)."""
+    return {"file": sys.stderr, "disable": quiet, "mininterval": 0.1 if sys.stderr.isatty() else 30.0}
 
 
 def _seeds(text: str) -> list[int]:

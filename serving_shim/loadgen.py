@@ -99,11 +99,11 @@ def request_bodies(catalog: Catalog, apps: Sequence[str], images: Path | None = 
 
 async def replay(url: str, times_s: np.ndarray, app_index: np.ndarray, apps: Sequence[str],
                  bodies: Mapping[str, Sequence[Body]], *, timeout_s: float = REQUEST_TIMEOUT_S,
-                 on_start: Callable[[], None] = lambda: None) -> LoadReport:
+                 on_start: Callable[[int], None] = lambda _: None) -> LoadReport:
     """Send ``POST {url}/v1/apps/{app}/infer`` at each time (seconds from now), each with the app's next body;
     returns once every request is answered or given up. The apps the daemon's ``/status`` says it does not serve
     are skipped (``LoadReport.skipped``), not sent and counted as errors; none served is a ``ShimError``.
-    ``on_start`` is called once the URL answers, before the first request."""
+    ``on_start`` is called with the number of requests to send once the URL answers, before the first one."""
     missing = [a for a in apps if not bodies.get(a)]
     if missing:
         raise ShimError(f"no request bodies for {', '.join(missing)}", field="bodies",
@@ -129,7 +129,7 @@ async def replay(url: str, times_s: np.ndarray, app_index: np.ndarray, apps: Seq
         await asyncio.gather(*(client.call("GET", "/healthz") for _ in range(WARM_CONNECTIONS)))
         gc.collect()
         gc.freeze()
-        on_start()
+        on_start(int(keep.sum()))
         report = await _send_all(client, times_s[keep], app_index[keep], apps,
                                  {a: itertools.cycle(bodies[a]) for a in apps if a not in skipped}, timeout_s)
     report.skipped = {a: int(((app_index == i) & ~keep).sum()) for i, a in enumerate(apps) if a in skipped}

@@ -108,3 +108,12 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_pat
     assert main(["evaluate", "--intervals", "1", "--logdir", str(tmp_path / "ev"), *args]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("jigsaw: error")]
     assert len(err) == 1 and message in err[0], err
+
+
+def test_without_json_it_shows_progress_and_says_what_it_wrote(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    logdir = tmp_path / "ev"
+    assert main(["evaluate", "--systems", "static_peak", "--trace", ONE_TRACE, "--intervals", "1", "--seeds", "0",
+                 "--logdir", str(logdir)]) == 0
+    err = capsys.readouterr().err
+    assert "evaluating 1 systems" in err and "%|" in err  # what it does, then a bar
+    assert f"wrote {logdir}/: evaluation.png" in err and (logdir / "evaluation.png").exists()
