@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import signal
 import time
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -432,8 +433,12 @@ def train(settings: TrainSettings, out: Path, *, catalog_path: str | None = None
     interrupted = False
     previous = signal.getsignal(signal.SIGINT)
     try:
-        model.learn(settings.n_timesteps - (model.num_timesteps if resume else 0), callback=callbacks,
-                    reset_num_timesteps=resume is None, tb_log_name=out.stem)
+        with warnings.catch_warnings():
+            # SB3 warns on every run that the evaluation's env is not the training's kind: by design, training
+            # steps its envs in subprocesses and the evaluation one env in this process (no pipes, same episodes)
+            warnings.filterwarnings("ignore", message="Training and eval env are not of the same type")
+            model.learn(settings.n_timesteps - (model.num_timesteps if resume else 0), callback=callbacks,
+                        reset_num_timesteps=resume is None, tb_log_name=out.stem)
     except KeyboardInterrupt:
         interrupted = True
     finally:

@@ -357,8 +357,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _progress(quiet: bool) -> dict[str, Any]:
     """tqdm's options for a long command's progress on stderr: shown unless ``quiet`` (--json), a terminal or not
-    (a log gets a line every 30 s rather than a redraw every 0.1 s)."""
-    return {"file": sys.stderr, "disable": quiet, "mininterval": 0.1 if sys.stderr.isatty() else 30.0}
+    (a log gets a line every 30 s rather than a redraw every 0.1 s), once the work has taken a second (a command
+    that fails at once on bad input says one line, not a bar)."""
+    return {"file": sys.stderr, "disable": quiet, "mininterval": 0.1 if sys.stderr.isatty() else 30.0, "delay": 1.0}
 
 
 def _seeds(text: str) -> list[int]:
