@@ -183,12 +183,21 @@ class App:
                         ready.append(b)
         return tuple(order)
 
+    @cached_property
+    def sources(self) -> tuple[str, ...]:
+        """The tasks no edge enters: where a request's input goes."""
+        return tuple(t for t in self.task_names if all(v != t for _, v in self.edges))
+
+    @cached_property
+    def sinks(self) -> tuple[str, ...]:
+        """The tasks no edge leaves: whose results a request's answer carries."""
+        return tuple(t for t in self.task_names if all(u != t for u, _ in self.edges))
+
     def paths(self) -> list[tuple[str, ...]]:
         """Every source-to-sink path, as task names."""
         children: dict[str, list[str]] = {t: [] for t in self.task_names}
         for u, v in self.edges:
             children[u].append(v)
-        sources = [t for t in self.task_names if all(v != t for _, v in self.edges)]
         out: list[tuple[str, ...]] = []
 
         def walk(path: tuple[str, ...]) -> None:
@@ -198,7 +207,7 @@ class App:
             for v in nxt:
                 walk((*path, v))
 
-        for s in sources:
+        for s in self.sources:
             walk((s,))
         return out
 
@@ -207,7 +216,7 @@ class App:
         (task -> variant name)."""
         items = dict.fromkeys(self.task_names, 0.0)
         for t in self.topological_order:
-            if all(v != t for _, v in self.edges):
+            if t in self.sources:
                 items[t] = 1.0
             for u, v in self.edges:
                 if u == t:

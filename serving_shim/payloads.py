@@ -100,28 +100,20 @@ def children_items(app: App, task: str, forward: Sequence[tuple[str | None, np.n
     return out
 
 
-def sinks(app: App) -> tuple[str, ...]:
-    return tuple(t for t in app.task_names if all(u != t for u, _ in app.edges))
-
-
-def sources(app: App) -> tuple[str, ...]:
-    return tuple(t for t in app.task_names if all(v != t for _, v in app.edges))
-
-
 def ordered(results: Mapping[str, list[tuple[tuple[int, ...], Any]]], app: App) -> dict[str, list[Any]]:
     """Per sink task its results in key order (``[]`` where none reached it)."""
-    return {t: [value for _, value in sorted(results.get(t, []), key=lambda r: r[0])] for t in sinks(app)}
+    return {t: [value for _, value in sorted(results.get(t, []), key=lambda r: r[0])] for t in app.sinks}
 
 
 def run_in_process(app: App, task_handlers: Mapping[str, handlers.Handler], payload: np.ndarray
                    ) -> dict[str, list[Any]]:
     """The answer's ``outputs`` for one input, every item run alone in this process: what serving must give."""
     results: dict[str, list[tuple[tuple[int, ...], Any]]] = {}
-    pending = [(t, (), payload) for t in sources(app)]
+    pending = [(t, (), payload) for t in app.sources]
     while pending:
         task, key, x = pending.pop()
         (out,) = handlers.outputs(task_handlers[task], [x])
-        if task in sinks(app):
+        if task in app.sinks:
             results.setdefault(task, []).append((key, handlers.jsonable(out.value)))
         pending += [(child, (*key, j), item) for child, j, item in children_items(app, task, out.forward)]
     return ordered(results, app)
@@ -156,7 +148,7 @@ def sample_images(n: int, size: int = 224, seed: int = 0) -> list[bytes]:
 def sample_inputs(app: App, n: int, seed: int = 0) -> list[tuple[bytes, str]]:
     """``n`` request bodies for ``app`` with their Content-Type: PNG images, or JSON inputs for an app whose
     sources take embeddings (the language family)."""
-    if all(t.family == "language" for t in app.tasks if t.name in sources(app)):
+    if all(app.task(t).family == "language" for t in app.sources):
         from jigsaw.profiles.models import TOKENS_SHAPE
 
         rng = np.random.default_rng(seed)

@@ -163,8 +163,6 @@ class Router:
         for name, app in self.apps.items():
             for t in app.task_names:
                 self.queues[(name, t)] = TaskQueue(app, t, tuple(v for u, v in app.edges if u == t))
-        self.sources = {name: [t for t in app.task_names if all(v != t for _, v in app.edges)]
-                        for name, app in self.apps.items()}
         self.configured: set[str] = set()
         self.stats = {name: AppStats() for name in self.apps}
         self.overhead_ms: deque[float] = deque(maxlen=_OVERHEAD_KEPT)  # in-router time minus worker time
@@ -248,7 +246,7 @@ class Router:
             return await req.future
         self.pending.add(req)
         req.timer = loop.call_at(req.deadline_s, self._expire, req)
-        for task in self.sources[app]:
+        for task in self.apps[app].sources:
             self._enqueue(self.queues[(app, task)], Item(req, now, 0.0, payload))
         return await req.future
 
