@@ -215,7 +215,7 @@ def _handler_spec(args: argparse.Namespace) -> HandlerSpec | None:
         raise ConfigError(f"--handler-options is not JSON ({e})", field="--handler-options",
                           fix='a JSON object, e.g. {"threshold": 0.5}') from None
     doc = {"factory": args.handler, "options": options, **({"weights": args.weights} if args.weights else {})}
-    spec = parse_handler(doc, Path.cwd() / "command-line", "--handler")
+    spec = parse_handler(doc, Path("command line"), "--handler")  # weights: from the current folder
     handlers.importable(spec)  # refused here, in one line, not in every worker
     return spec
 
