@@ -26,6 +26,7 @@ from jigsaw.profiles.errors import ConfigError, JigsawError, OutputError, Solver
 from jigsaw.profiles.profile_plan import ProfileSettings, parse_colocation, parse_positive_ints, parse_shares
 from jigsaw.profiles.profiler import run_profile
 from jigsaw.profiles.types import HandlerSpec
+from jigsaw.serving_shim.backends import BACKENDS
 
 EXIT_INFEASIBLE = 1
 EXIT_BAD_INPUT = 2
@@ -251,6 +252,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         backend=args.backend, apps=tuple(_split(args.app, "app")), run_dir=Path(args.run_dir), host=args.host,
         port=args.port, interval_s=args.interval, min_rps=args.min_rps, catalog=args.catalog, gpu_type=args.gpu_type,
         gpus=args.gpus, policy=args.policy, plan_file=args.plan, max_workers=args.max_workers, model=args.model,
+        ray_address=args.ray_address,
         solver=SolverOptions(headroom=args.headroom, time_limit_s=args.time_limit),
         max_connections=args.max_connections, auth_token=token, insecure=args.insecure, advisory=args.advisory))
 
@@ -483,7 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_profile)
 
     p = verbs.add_parser("daemon", help="serve apps: the controller loop against live traffic (Ctrl-C/SIGTERM stops)")
-    p.add_argument("--backend", choices=("cpu", "mps", "mig"), default="cpu", help="where workers run (default cpu)")
+    p.add_argument("--backend", choices=BACKENDS, default="cpu", help="where workers run (default cpu; ray: "
+                   "actors across a Ray cluster's nodes, `pip install 'jigsaw[ray]'`)")
+    p.add_argument("--ray-address", default=None, help="ray backend: the cluster's HOST:PORT, or auto ($RAY_ADDRESS, "
+                   "else the cluster `ray start` runs on this machine; the default)")
     p.add_argument("--app", required=True, help="app name(s), comma-separated")
     p.add_argument("--policy", default=None, help="trained policy .npz proposing plans, its .json beside it (default: "
                    "the ILP decides)")
@@ -504,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=int, default=1, help="GPUs the controller plans for (default %(default)s)")
     p.add_argument("--max-workers", type=int, default=None, help="cpu backend: cap on worker processes "
                    "(default: the core count, at least 2)")
-    p.add_argument("--model", default=None, help="cpu backend: run this stand-in in every worker (e.g. noop)")
+    p.add_argument("--model", default=None, help="cpu and ray backends: run this stand-in in every worker (e.g. noop)")
     p.add_argument("--advisory", action="store_true",
                    help="serve the starting plan (--plan, or the first decision) and only report what the controller "
                         "would change, in /status, /metrics and TensorBoard: how to trust it before it acts")

@@ -1,6 +1,6 @@
 """The daemon: the controller loop against live traffic.
 
-    jigsaw daemon --backend cpu|mps|mig --app A[,B…] [--policy FILE] [--plan FILE] [--port N] [--run-dir DIR]
+    jigsaw daemon --backend cpu|mps|mig|ray --app A[,B…] [--policy FILE] [--plan FILE] [--port N] [--run-dir DIR]
 
 Startup: check the options (a plan file must fit the catalog), open the backend (a machine without what it needs
 fails here), listen (127.0.0.1 by default), then start the first plan: ``--plan FILE``, else the plan persisted in
@@ -80,7 +80,8 @@ class DaemonConfig:
     policy: str | None = None
     plan_file: str | None = None
     max_workers: int | None = None  # cpu backend
-    model: str | None = None  # cpu backend: one stand-in for every worker (e.g. "noop")
+    ray_address: str | None = None  # ray backend: the cluster's host:port, or "auto" (the default)
+    model: str | None = None  # cpu and ray backends: one stand-in for every worker (e.g. "noop")
     solver: SolverOptions = field(default_factory=lambda: SolverOptions(time_limit_s=10.0))
     max_connections: int | None = None  # open HTTP connections at once (default: from the file limit)
     auth_token: str | None = None  # when set, every request needs "Authorization: Bearer <token>"
@@ -150,7 +151,11 @@ class Daemon:
         self.plan_path = cfg.run_dir / PLAN_FILE
         self.first_plan, self.plan_source = self._first_plan()
         self.controller.current = self.first_plan
-        self.backend = make_backend(cfg.backend, cfg.run_dir, max_workers=cfg.max_workers, model=cfg.model)
+        if cfg.ray_address is not None and cfg.backend != "ray":
+            raise ShimError(f"--ray-address with --backend {cfg.backend}", field="--ray-address",
+                            fix="use --backend ray, or leave the address out")
+        self.backend = make_backend(cfg.backend, cfg.run_dir, max_workers=cfg.max_workers, model=cfg.model,
+                                    ray_address=cfg.ray_address or "auto")
         self.router = Router(self.catalog, list(cfg.apps))
         # plan changes follow jigsaw.env.transitions: cpu workers start as measured for them and emulate the GPU's
         # MIG repartition time; MPS shares are set at a worker's start, so no geometry waits

@@ -28,7 +28,7 @@ import math
 import socket
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -107,6 +107,39 @@ def send_message(sock: socket.socket, message: dict[str, Any], blobs: Sequence[n
     """Blocking counterpart of writing ``encode``'s buffers (the worker's side)."""
     for buffer in encode(message, blobs):
         sock.sendall(buffer)
+
+
+class Channel(Protocol):
+    """The router's connection to one worker: messages go out without waiting, answers come back as they are
+    ready (matched by ``id``). A backend makes one per worker (``Backend.connect``)."""
+
+    def send(self, message: dict[str, Any], blobs: Sequence[np.ndarray] = ()) -> None: ...
+
+    async def receive(self) -> Message:
+        """The next answer; raises ``EOFError`` or ``ConnectionError`` once the worker is gone."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SocketChannel:
+    """A ``Channel`` over a worker's Unix socket."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, path: str) -> SocketChannel:
+        return cls(*await asyncio.open_unix_connection(path, limit=MAX_MESSAGE + 8))
+
+    def send(self, message: dict[str, Any], blobs: Sequence[np.ndarray] = ()) -> None:
+        self.writer.writelines(encode(message, blobs))
+
+    async def receive(self) -> Message:
+        return await read_message(self.reader)
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 async def request(path: str, message: dict[str, Any], timeout_s: float, blobs: Sequence[np.ndarray] = ()

@@ -12,7 +12,7 @@ report gives the switch's time beside the one the model predicts.
 
 ``supervise()`` keeps the serving workers serving. It checks each one's health every ``health_every_s`` on a
 connection of its own (the worker answers beside a running batch, so a long batch is no failure; see
-``ipc``), and replaces a worker that *died* (its process exited) or is *hung*: its checks have failed (no
+``ipc``), and replaces a worker that *died* (its process or actor exited) or is *hung*: its checks have failed (no
 answer within ``health_timeout_s``) for ``health_deadline_s`` on ``clock``, i.e. about three missed checks by
 default — a stopped, deadlocked or swapping process, or one stuck in a driver call. Either way the router
 detaches it at once (its batches in flight are retried on the other replicas), the process is killed and
@@ -31,7 +31,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from jigsaw.env.plan import Plan
@@ -84,14 +83,6 @@ class ApplyReport:
     stopped_early: int = 0  # of the stopped, those stopped before any new worker started (break-before-make)
     switch_s: float = 0.0  # from the apply's start until traffic switched to the new workers
     predicted_switch_s: float = math.nan  # what jigsaw.env.transitions predicts for it (nan: no model given)
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return lines[-1][:300] if lines else ""
 
 
 class Reconciler:
@@ -229,7 +220,8 @@ class Reconciler:
 
     def status(self) -> list[dict[str, Any]]:
         return [{"name": w.handle.name, "app": w.spec.app, "task": w.spec.task, "variant": w.spec.variant,
-                 "model": w.spec.model, "place": w.spec.place, "threads": w.spec.threads, "pid": w.handle.pid,
+                 "model": w.spec.model, "place": w.spec.place, "node": w.handle.node, "threads": w.spec.threads,
+                 "pid": w.handle.pid,
                  "state": w.state, "restarts": w.restarts, "ready_s": round(w.ready_s, 3),
                  "failing_s": round(self.clock() - w.failing_since_s, 3) if w.failing_since_s is not None else 0.0,
                  "batches_in_flight": len(w.replica.in_flight) if w.replica else 0} for w in self.workers]
@@ -248,9 +240,9 @@ class Reconciler:
                 break
             await asyncio.sleep(_POLL_S)
         w.state = "failed"
-        code = w.handle.process.poll()
+        code = w.handle.exit_code()
         if code == HANDLER_EXIT:
-            w.why = _last_line(w.handle.log)
+            w.why = w.handle.last_words()
             self.unloadable.append(f"{w.handle.name} ({w.why})")
         log.error("worker %s failed to start (%s); see %s", w.handle.name,
                   w.why or ("it exited" if code is not None else "not ready in time"), w.handle.log)
@@ -259,10 +251,11 @@ class Reconciler:
     async def _attach(self, w: Worker) -> None:
         s = w.spec
         try:
-            w.replica = await self.router.add_replica(s.app, s.task, w.handle.name, s.variant, w.handle.socket,
-                                                      w.warm_ms)
-        except OSError as e:  # it died between its health check and now: the supervisor restarts it
+            channel = await self.backend.connect(w.handle)
+        except (OSError, ConnectionError) as e:  # it died between its health check and now: the supervisor restarts it
             log.warning("worker %s: cannot connect (%s)", w.handle.name, e)
+            return
+        w.replica = self.router.add_replica(s.app, s.task, w.handle.name, s.variant, channel, w.warm_ms)
 
     async def _retire(self, w: Worker) -> None:
         w.state = "draining"
@@ -274,7 +267,7 @@ class Reconciler:
     def _supervise_once(self) -> None:
         now = self.clock()
         for w in self.serving:
-            if w.handle.process.poll() is not None:
+            if w.handle.exit_code() is not None:
                 self._replace(w, "died")
             elif w.hung(now, self.health_deadline_s):
                 self._replace(w, "hung")
@@ -302,10 +295,10 @@ class Reconciler:
     def _replace(self, old: Worker, cause: str) -> None:
         """Take ``old`` out of service now (the router retries its batches in flight), restart it in the background."""
         if cause == "died":
-            log.warning("worker %s (pid %d) died with code %s; restarting it", old.handle.name, old.handle.pid,
-                        old.handle.process.returncode)
+            log.warning("worker %s (pid %s) died with code %s; restarting it", old.handle.name, old.handle.pid,
+                        old.handle.exit_code())
         else:
-            log.warning("worker %s (pid %d) is hung: its health checks have failed for %.1f s; killing and "
+            log.warning("worker %s (pid %s) is hung: its health checks have failed for %.1f s; killing and "
                         "replacing it", old.handle.name, old.handle.pid, self.clock() - (old.failing_since_s or 0.0))
         old.state = "stopped"
         self.workers.remove(old)

@@ -21,7 +21,7 @@ Per task of every app (times from the event loop's monotonic clock, seconds):
   is waiting, or when the oldest item has waited ``BATCH_TIMEOUT_SHARE x (budget - service time)`` (the rule
   of ``jigsaw.env.perf`` and ``jigsaw.env.sim``, with the service time measured on the workers), and a replica can take it.
 * Least-loaded replica. A batch goes to the replica with the fewest batches in flight (at most
-  ``MAX_IN_FLIGHT``, so that the next batch waits in the worker's socket while one runs; ties: the one that
+  ``MAX_IN_FLIGHT``, so that the next batch waits at the worker while one runs; ties: the one that
   has served fewest batches). Draining replicas take no new batches.
 * Fan-out from the data. An item done at u sends its output's items to its children (a detector's crops, one
   item each, to the children whose edge takes their label); an item's key is its path of output indices, so a
@@ -32,7 +32,7 @@ Per task of every app (times from the event loop's monotonic clock, seconds):
   the longest chain below it, each the fastest recent batch) passes the deadline; at the deadline a request
   with an item still queued is dropped. A dropped item drops its request: answered at once, the rest of its
   items are skipped.
-* Failures. When a worker dies (its socket ends), fails a batch, or is detached as hung (the reconciler's
+* Failures. When a worker dies (its channel ends), fails a batch, or is detached as hung (the reconciler's
   health checks), the batch's items go back to the head of the queue to be retried once on another replica;
   an item that fails twice ends its request with 502, one whose deadline can no longer be met is dropped
   (503) at once, saying why.
@@ -114,10 +114,9 @@ class TaskQueue:
 class Replica:
     """The router's connection to one worker."""
 
-    def __init__(self, name: str, variant: str, queue: TaskQueue, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, router: Router) -> None:
+    def __init__(self, name: str, variant: str, queue: TaskQueue, channel: ipc.Channel, router: Router) -> None:
         self.name, self.variant, self.queue = name, variant, queue
-        self.reader, self.writer, self.router = reader, writer, router
+        self.channel, self.router = channel, router
         self.in_flight: dict[int, list[Item]] = {}
         self.served = 0
         self.draining = False
@@ -129,7 +128,7 @@ class Replica:
     async def _read(self) -> None:
         try:
             while True:
-                self.router._on_reply(self, *await ipc.read_message(self.reader))
+                self.router._on_reply(self, *await self.channel.receive())
         except (EOFError, ConnectionError, OSError, ValueError) as e:
             if not self.closed:
                 self.router._on_lost(self, f"{type(e).__name__}: {e}")
@@ -138,11 +137,11 @@ class Replica:
         self.in_flight[bid] = items
         self.idle.clear()
         self.served += 1
-        self.writer.writelines(ipc.encode({"op": "infer", "id": bid}, [item.payload for item in items]))
+        self.channel.send({"op": "infer", "id": bid}, [item.payload for item in items])
 
     def close(self) -> None:
         self.closed = True
-        self.writer.close()
+        self.channel.close()
         self.reading.cancel()
 
 
@@ -186,11 +185,11 @@ class Router:
         for tq in self.queues.values():
             self._pump(tq)
 
-    async def add_replica(self, app: str, task: str, name: str, variant: str, socket: str, warm_ms: float) -> Replica:
-        """Connect to the ready worker at ``socket`` and send it batches; ``warm_ms`` seeds the service estimate."""
+    def add_replica(self, app: str, task: str, name: str, variant: str, channel: ipc.Channel, warm_ms: float
+                    ) -> Replica:
+        """Send batches to the ready worker behind ``channel``; ``warm_ms`` seeds the service estimate."""
         tq = self.queues[(app, task)]
-        reader, writer = await asyncio.open_unix_connection(socket, limit=ipc.MAX_MESSAGE + 8)
-        replica = Replica(name, variant, tq, reader, writer, self)
+        replica = Replica(name, variant, tq, channel, self)
         if not tq.recent_ms:
             self._note_service(tq, warm_ms)
         tq.replicas.append(replica)

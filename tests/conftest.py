@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import copy
 import csv
+import dataclasses
 import json
 import selectors
 import subprocess
@@ -213,6 +214,37 @@ def start_daemon(*args: str, stderr: Any = subprocess.DEVNULL,
     line = proc.stdout.readline()
     assert " on http://" in line, line
     return proc, line.split(" on ")[1].split()[0]
+
+
+def seat_each_replica(plan: Any, app: str, **changes: dict[str, Any]) -> Any:
+    """``plan`` with some of ``app``'s tasks' fields changed, and a layout hosting each replica in an instance of
+    its own (one GPU)."""
+    from jigsaw.env.plan import GpuLayout
+
+    tasks = {t: dataclasses.replace(c, **changes.get(t, {})) for t, c in plan.apps[app].items()}
+    seats = [(c.segment, f"{app}/{t}") for t, c in tasks.items() for _ in range(c.replicas)]
+    layout = GpuLayout(tuple(s for s, _ in seats), tuple((k,) for _, k in seats))
+    return dataclasses.replace(plan, apps={app: tasks}, gpus=(layout,))
+
+
+RAY_NODE_SLICES = 7  # each node of the test Ray cluster offers one H100's compute slices
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """A local Ray cluster on this machine's CPU (``ray.cluster_utils.Cluster``): a head offering nothing and two
+    nodes offering RAY_NODE_SLICES each, as GPU nodes would; skipped where the ``ray`` extra is not installed."""
+    pytest.importorskip("ray", reason="the ray backend's tests need the 'ray' extra (pip install -e '.[ray]')")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1, resources={"jigsaw_slices": RAY_NODE_SLICES})
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        cluster.shutdown()
 
 
 @contextlib.contextmanager

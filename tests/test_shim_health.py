@@ -20,7 +20,7 @@ import pytest
 
 from jigsaw.env.plan import GpuLayout, Plan, TaskConfig
 from jigsaw.serving_shim import ipc
-from jigsaw.serving_shim.backends import CpuBackend, Health, WorkerHandle, WorkerSpec
+from jigsaw.serving_shim.backends import CpuBackend, Health, ProcessHandle, WorkerHandle, WorkerSpec
 from jigsaw.serving_shim.backends.base import STOP_GRACE_S
 from jigsaw.serving_shim.reconciler import Reconciler
 from jigsaw.serving_shim.router import STATUSES, Router
@@ -60,8 +60,8 @@ def test_stop_does_not_wait_on_a_stopped_process(tmp_path):
     spec = WorkerSpec(APP, TASK, "resnet50", "noop", 1, "cpu")
     for grace_s, signum in ((STOP_GRACE_S, signal.SIGTERM), (0.0, signal.SIGKILL)):
         process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        handle = WorkerHandle("stopped", spec, str(backend.socket_dir / "w99.sock"), process, tmp_path / "log",
-                              time.monotonic())
+        handle = ProcessHandle("stopped", spec, str(tmp_path / "log"), time.monotonic(),
+                               str(backend.socket_dir / "w99.sock"), process)
         os.kill(process.pid, signal.SIGSTOP)
         start = time.monotonic()
         backend.stop(handle, grace_s)

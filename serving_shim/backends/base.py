@@ -1,11 +1,12 @@
-"""The backend interface: how a plan becomes worker processes on this machine.
+"""The backend interface: how a plan becomes workers, and the worker processes of this machine.
 
-A backend ``open()``s (checks the machine, starts shared daemons; a machine without what it needs fails
-here with a ``ShimError``, one line), ``place``s a plan (which worker processes, with which threads,
-devices and environment), ``start``s a worker from its spec (a handle at once; the worker is ready when
-``health`` says so: an answer on the worker's socket within a deadline), ``stop``s it, reports ``devices()``,
-and ``close()``s. Starting, stopping and health checking processes is the same everywhere and lives here; the
-backends differ in ``open``/``close``, ``place`` and ``devices``.
+A backend ``open()``s (checks the machine or cluster, starts shared daemons; one without what it needs fails
+here with a ``ShimError``, one line), ``place``s a plan (which workers, with which threads, devices, environment
+and scheduler resources), ``start``s a worker from its spec (a handle at once; the worker is ready when
+``health`` says so within a deadline), ``connect``s the router to a ready worker (an ``ipc.Channel``),
+``stop``s it, reports ``devices()``, and ``close()``s. ``ProcessBackend`` runs workers as child processes
+answering on Unix sockets (``cpu``, ``mps``, ``mig`` differ only in ``open``/``close``, ``place`` and
+``devices``); the ``ray`` backend runs them as Ray actors across a cluster's nodes.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class WorkerSpec:
     place: str = "cpu"  # where, for people: "cpu", "gpu0 3g.40gb (1/2)", "MIG-…"
     batch: int = field(default=1, compare=False)  # the plan's batch, warmed up before the worker is ready
     handler: HandlerSpec = field(default=HandlerSpec(), compare=False)  # the variant's, from the catalog
+    resources: tuple[tuple[str, float], ...] = ()  # what a cluster's scheduler reserves for it (Ray resources)
 
     @property
     def key(self) -> str:
@@ -67,16 +69,50 @@ class Placement:
 
 @dataclass
 class WorkerHandle:
+    """A started worker, as the reconciler sees it; each kind of backend has its own."""
+
     name: str
     spec: WorkerSpec
+    log: str  # where its output goes, for people
+    started_s: float
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    @property
+    def node(self) -> str:
+        """The cluster node it runs on ("": this machine)."""
+        return ""
+
+    def exit_code(self) -> int | None:
+        """None while the worker lives; its exit status once it is gone (``ipc.HANDLER_EXIT``: its handler did not
+        load)."""
+        raise NotImplementedError
+
+    def last_words(self) -> str:
+        """Why it ended, in one line, where the worker said so."""
+        return ""
+
+
+@dataclass
+class ProcessHandle(WorkerHandle):
     socket: str
     process: subprocess.Popen[bytes]
-    log: Path
-    started_s: float
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def exit_code(self) -> int | None:
+        return self.process.poll()
+
+    def last_words(self) -> str:
+        try:
+            lines = Path(self.log).read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1][:300] if lines else ""
 
 
 @dataclass(frozen=True)
@@ -87,7 +123,7 @@ class Health:
 
 
 class Backend:
-    """Worker processes common to every backend; subclasses say where workers go."""
+    """Where workers run; the reconciler's only view of them."""
 
     name = "base"
 
@@ -95,6 +131,43 @@ class Backend:
         self.run_dir = Path(run_dir).resolve()  # workers run from the project root
         self.log_dir = self.run_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    def open(self) -> None:
+        """Check the machine and start what the workers share; raises ``ShimError`` when it cannot serve."""
+
+    def close(self) -> None:
+        """Stop what ``open`` started."""
+
+    def devices(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def place(self, plan: Plan, gpu: GpuType) -> Placement:
+        """The plan's workers here; raises ``ShimError`` for a plan this backend can never serve (the daemon
+        refuses it and the plan in force stays)."""
+        raise NotImplementedError
+
+    def start(self, spec: WorkerSpec) -> WorkerHandle:
+        """Launch a worker for ``spec``; it is ready when ``health`` says so."""
+        raise NotImplementedError
+
+    def stop(self, handle: WorkerHandle, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop the worker (at once when ``grace_s`` is 0: a hung one); blocks until it is gone."""
+        raise NotImplementedError
+
+    async def health(self, handle: WorkerHandle, timeout_s: float = 1.0) -> Health:
+        """Not ready when no answer comes within ``timeout_s``."""
+        raise NotImplementedError
+
+    async def connect(self, handle: WorkerHandle) -> ipc.Channel:
+        """The router's channel to a ready worker; ``OSError`` or ``ConnectionError`` when it is gone."""
+        raise NotImplementedError
+
+
+class ProcessBackend(Backend):
+    """Workers as child processes of the daemon, each answering on a Unix socket of its own."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(run_dir)
         sock = self.run_dir / "sock"
         if len(str(sock)) + 16 > _SOCKET_PATH_MAX:  # a deep run dir: keep sockets in a short private dir
             sock = Path(tempfile.mkdtemp(prefix="jigsaw-"))
@@ -111,19 +184,7 @@ class Backend:
             if _SOCKET_NAME.fullmatch(path.name) and stat.S_ISSOCK(path.lstat().st_mode):
                 path.unlink(missing_ok=True)
 
-    def open(self) -> None:
-        """Check the machine and start what the workers share; raises ``ShimError`` when it cannot serve."""
-
-    def close(self) -> None:
-        """Stop what ``open`` started."""
-
-    def devices(self) -> list[dict[str, Any]]:
-        raise NotImplementedError
-
-    def place(self, plan: Plan, gpu: GpuType) -> Placement:
-        raise NotImplementedError
-
-    def start(self, spec: WorkerSpec) -> WorkerHandle:
+    def start(self, spec: WorkerSpec) -> ProcessHandle:
         """Launch a worker process for ``spec``; it is ready when ``health`` says so."""
         n = next(self._ids)
         name = f"{spec.app}.{spec.task}.{n}"
@@ -137,11 +198,12 @@ class Backend:
         with log.open("ab") as out:
             process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                                        cwd=PROJECT_ROOT, start_new_session=True)  # a terminal's Ctrl-C is the daemon's
-        return WorkerHandle(name, spec, sock, process, log, time.monotonic())
+        return ProcessHandle(name, spec, str(log), time.monotonic(), sock, process)
 
     def stop(self, handle: WorkerHandle, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM (with SIGCONT: a stopped process acts on nothing else), then SIGKILL after ``grace_s``; 0 kills
         at once (a hung worker). Blocks until the process is gone."""
+        assert isinstance(handle, ProcessHandle)
         process = handle.process
         if grace_s > 0 and process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -156,6 +218,7 @@ class Backend:
     async def health(self, handle: WorkerHandle, timeout_s: float = 1.0) -> Health:
         """Ask the worker on a connection of its own; not ready when no answer comes within ``timeout_s``. Raises
         ``OSError`` (EMFILE, ENFILE) when this process cannot open the connection: the worker's health is unknown."""
+        assert isinstance(handle, ProcessHandle)
         if handle.process.poll() is not None:
             return Health(False, False, {"exit_code": handle.process.returncode})
         try:
@@ -167,3 +230,7 @@ class Backend:
         except (EOFError, ValueError) as e:
             return Health(True, False, {"error": f"{type(e).__name__}: {e}" if str(e) else type(e).__name__})
         return Health(True, bool(answer.get("ok")), answer)
+
+    async def connect(self, handle: WorkerHandle) -> ipc.Channel:
+        assert isinstance(handle, ProcessHandle)
+        return await ipc.SocketChannel.open(handle.socket)

@@ -16,14 +16,14 @@ from typing import Any
 from jigsaw.env.plan import Plan
 from jigsaw.profiles.errors import ShimError
 from jigsaw.profiles.types import GpuType
-from jigsaw.serving_shim.backends.base import Backend, Placement, WorkerSpec
+from jigsaw.serving_shim.backends.base import Placement, ProcessBackend, WorkerSpec
 
 
 def default_max_workers() -> int:
     return max(2, os.cpu_count() or 1)
 
 
-class CpuBackend(Backend):
+class CpuBackend(ProcessBackend):
     name = "cpu"
 
     def __init__(self, run_dir: Path, *, max_workers: int | None = None, model: str | None = None) -> None:

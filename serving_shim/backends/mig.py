@@ -20,7 +20,7 @@ import yaml
 from jigsaw.env.plan import MIG_CONFIG_NAME, Plan
 from jigsaw.profiles.errors import ShimError, write_text
 from jigsaw.profiles.types import GpuType
-from jigsaw.serving_shim.backends.base import Backend, Placement
+from jigsaw.serving_shim.backends.base import Placement, ProcessBackend
 from jigsaw.serving_shim.backends.mps import spec_for
 from jigsaw.serving_shim.backends.nvidia import Gpu, discover
 
@@ -46,7 +46,7 @@ def repartition_commands(plan: Plan) -> list[str]:
             for g, layout in enumerate(plan.gpus) if layout.partition]
 
 
-class MigBackend(Backend):
+class MigBackend(ProcessBackend):
     name = "mig"
 
     def __init__(self, run_dir: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from jigsaw.env.plan import Plan
 from jigsaw.profiles.types import GpuType
-from jigsaw.serving_shim.backends.base import Backend, Placement, WorkerSpec
+from jigsaw.serving_shim.backends.base import Placement, ProcessBackend, WorkerSpec
 from jigsaw.serving_shim.backends.nvidia import Gpu, MpsDaemon, discover
 
 
@@ -37,7 +37,7 @@ def spec_for(plan: Plan, worker: str, env: dict[str, str], place: str) -> Worker
     return WorkerSpec(app, task, cfg.variant, cfg.variant, 1, "cuda", tuple(sorted(env.items())), place, cfg.batch)
 
 
-class MpsBackend(Backend):
+class MpsBackend(ProcessBackend):
     name = "mps"
 
     def __init__(self, run_dir: Path) -> None:

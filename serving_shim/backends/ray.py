@@ -1,0 +1,307 @@
+"""The ``ray`` backend: every worker of a plan is a Ray actor on a node of an existing Ray cluster.
+
+    jigsaw daemon --backend ray --ray-address HOST:PORT|auto …   (pip install 'jigsaw[ray]')
+
+Nodes say what they offer jigsaw as a Ray custom resource set when the node starts: ``jigsaw_slices``, its
+compute slices (7 per H100: ``ray start --address … --resources '{"jigsaw_slices": 14}'`` for two). A worker on
+a MIG instance of k compute slices shared by m workers asks for k/m of them, so Ray puts it on a node with room
+and no node holds more than it offers; on a node with GPUs it also asks for that fraction of one GPU (Ray then
+gives it one GPU in ``CUDA_VISIBLE_DEVICES``) and runs with ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` set to its share
+of the SMs, as the ``mps`` backend does (the node's own MPS daemon: ``CUDA_MPS_PIPE_DIRECTORY`` in the environment
+``ray start`` ran in). MIG instances are not handed out through Ray: Ray assigns only whole GPUs to actors, so a
+worker could not be told which ``MIG-<uuid>`` is its own; MIG nodes run ``--backend mig``. Workers are spread
+over the nodes with room (Ray's ``SPREAD``), so that a lost node takes as few of a task's replicas as it can.
+
+The actor runs the same code as a worker process (``worker.Model``, ``worker.answer``): it loads and warms its
+handler in its constructor and answers the same messages, which travel as Ray calls (arrays through Ray's
+object store) instead of over a Unix socket. The router, deadlines, batching and the reconciler's
+make-before-break, health checks and restarts are the code above ``Backend``. A lost node takes its actors with
+it: each is a worker that died (its liveness call fails at once); its batches in flight are retried on the other
+replicas and it is started again wherever slices are free. Actors belong to the daemon's Ray job, so a daemon
+that exits leaves none behind. Every node needs jigsaw installed (the actors import it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from ray.exceptions import RayError
+
+from jigsaw.env.plan import Plan
+from jigsaw.profiles.errors import ShimError
+from jigsaw.profiles.types import GpuType, HandlerSpec
+from jigsaw.serving_shim import ipc
+from jigsaw.serving_shim.backends.base import STOP_GRACE_S, Backend, Health, Placement, WorkerHandle, WorkerSpec
+from jigsaw.serving_shim.backends.mps import plan_workers, sm_percentage
+
+SLICES = "jigsaw_slices"  # the custom resource a node offers: its compute slices
+_CONNECT_TIMEOUT_S = 3.0  # reaching the cluster's GCS port before ray.init (which retries for minutes)
+_GONE_WAIT_S = 10.0  # for a killed actor's slices to be free again
+_FIX_ADDRESS = ("start one (ray start --head --resources '{\"jigsaw_slices\": 7}') or give its address, "
+                "e.g. --ray-address 10.0.0.5:6379")
+
+
+class RayWorker:
+    """A worker as a Ray actor: the handler loaded and warmed, answering ``ipc``'s messages as calls."""
+
+    def __init__(self, model: str, handler: dict[str, Any], threads: int, device: str, batch: int) -> None:
+        import torch
+
+        from jigsaw.profiles.handlers import HandlerError
+        from jigsaw.serving_shim import worker
+
+        torch.set_num_threads(max(1, threads))
+        with contextlib.suppress(RuntimeError):  # set already in a reused process
+            torch.set_num_interop_threads(1)
+        self.unloadable = ""
+        self.warm_ms = 0.0
+        self.node = ray.get_runtime_context().get_node_id()
+        try:
+            self.model: Any = worker.Model(model, HandlerSpec(**handler), device)
+        except HandlerError as e:
+            self.unloadable = str(e)
+            return
+        self.warm_ms = self.model.warm_up(max(1, batch))
+
+    def call(self, message: dict[str, Any], blobs: list[np.ndarray]) -> tuple[dict[str, Any], list[np.ndarray]]:
+        from jigsaw.serving_shim import worker
+
+        if self.unloadable:
+            return {"id": message.get("id"), "ok": False, "unloadable": self.unloadable}, []
+        answer, out = worker.answer(self.model, self.warm_ms, message, blobs)
+        if message.get("op") == "health":
+            answer["node"] = self.node
+        return answer, out
+
+    def park(self) -> None:
+        """Never returns: the caller's reference fails when the actor dies, which is how its death is seen."""
+        threading.Event().wait()
+
+
+@dataclass
+class RayHandle(WorkerHandle):
+    actor: Any = None
+    alive_ref: Any = None  # the actor's ``park`` call: done means dead
+    checking: asyncio.Future[Any] | None = None  # a health call still unanswered (one at a time per actor)
+    worker_pid: int | None = None
+    node_id: str = ""  # the node it runs on, once it has answered
+    code: int | None = None
+    words: str = ""
+
+    @property
+    def pid(self) -> int | None:
+        return self.worker_pid
+
+    @property
+    def node(self) -> str:
+        return self.node_id
+
+    def exit_code(self) -> int | None:
+        if self.code is None and ray.wait([self.alive_ref], timeout=0)[0]:
+            self.code = 1
+            try:
+                ray.get(self.alive_ref)
+            except RayError as e:
+                self.words = str(e).splitlines()[0][:300]
+        return self.code
+
+    def last_words(self) -> str:
+        return self.words
+
+
+def _seen(call: asyncio.Future[Any]) -> None:
+    """Mark the call's failure as handled (else asyncio logs it as never retrieved)."""
+    if not call.cancelled():
+        call.exception()
+
+
+class RayChannel:
+    """An ``ipc.Channel`` of Ray calls to one actor; answers come back as each call completes."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+        self.answers: asyncio.Queue[Any] = asyncio.Queue()
+        self.calls: set[asyncio.Future[Any]] = set()
+
+    def send(self, message: dict[str, Any], blobs: Sequence[np.ndarray] = ()) -> None:
+        call = asyncio.wrap_future(self.actor.call.remote(message, list(blobs)).future())
+        self.calls.add(call)
+        call.add_done_callback(self._answered)
+
+    def _answered(self, call: asyncio.Future[Any]) -> None:
+        self.calls.discard(call)
+        if not call.cancelled():
+            self.answers.put_nowait(call.exception() or call.result())
+
+    async def receive(self) -> ipc.Message:
+        answer = await self.answers.get()
+        if isinstance(answer, BaseException):  # the actor or its node is gone
+            raise ConnectionError(f"{type(answer).__name__}: {str(answer).splitlines()[0][:200]}") from None
+        message, blobs = answer
+        return message, list(blobs)
+
+    def close(self) -> None:
+        for call in list(self.calls):
+            call.cancel()
+
+
+def cluster_address(address: str) -> str:
+    """``address`` as host:port; ``auto`` is $RAY_ADDRESS, else the cluster ``ray start`` left on this machine."""
+    if address != "auto":
+        return address
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    current = Path("/tmp/ray/ray_current_cluster")  # where `ray start` records its address
+    try:
+        return current.read_text().strip()
+    except OSError:
+        raise ShimError("no Ray cluster on this machine (no $RAY_ADDRESS, no `ray start` here)", field="--ray-address",
+                        fix=_FIX_ADDRESS) from None
+
+
+def _reachable(address: str) -> bool:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), _CONNECT_TIMEOUT_S):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+class RayBackend(Backend):
+    name = "ray"
+
+    def __init__(self, run_dir: Path, address: str = "auto", model: str | None = None) -> None:
+        """:param model: load this stand-in in every worker instead of the plan's variant (``noop`` for benchmarks)"""
+        super().__init__(run_dir)
+        self.address, self.model = address, model
+        self.actor_class: Any = None
+        self._ids = 0
+
+    def open(self) -> None:
+        address = cluster_address(self.address)
+        if not _reachable(address):
+            raise ShimError(f"no Ray cluster answers at {address}", field="--ray-address", fix=_FIX_ADDRESS)
+        # the daemon opens backends off its main thread, which keeps its own SIGTERM handler (on the main thread
+        # Ray replaces it with sys.exit); Ray's warning that it did not is hushed
+        init_log = logging.getLogger("ray._private.worker")
+        level = init_log.level
+        init_log.setLevel(logging.ERROR)
+        try:
+            ray.init(address=address, namespace="jigsaw", logging_level=logging.WARNING, log_to_driver=False,
+                     configure_logging=False)
+        except (ConnectionError, RuntimeError) as e:
+            raise ShimError(f"cannot join the Ray cluster at {address} ({str(e).splitlines()[0][:200]})",
+                            field="--ray-address", fix=_FIX_ADDRESS) from None
+        finally:
+            init_log.setLevel(level)
+        if not self._nodes():
+            ray.shutdown()
+            raise ShimError(f"no node of the Ray cluster at {address} offers '{SLICES}'", field="--ray-address",
+                            fix=f"start its nodes with --resources '{{\"{SLICES}\": N}}' (N: compute slices, 7 per "
+                                "H100 or A100)")
+        self.actor_class = ray.remote(RayWorker)
+
+    def close(self) -> None:
+        if ray.is_initialized():
+            ray.shutdown()
+
+    def _nodes(self) -> list[dict[str, Any]]:
+        """The live nodes offering slices."""
+        return [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(SLICES, 0) > 0]
+
+    def devices(self) -> list[dict[str, Any]]:
+        return [{"kind": "ray-node", "node_id": n["NodeID"], "address": n.get("NodeManagerAddress", ""),
+                 "slices": n["Resources"][SLICES], "gpus": n["Resources"].get("GPU", 0.0),
+                 "cpus": n["Resources"].get("CPU", 0.0)} for n in self._nodes()]
+
+    def place(self, plan: Plan, gpu: GpuType) -> Placement:
+        nodes = self._nodes()
+        offered = [n["Resources"][SLICES] for n in nodes]
+        on_gpus = bool(nodes) and all(n["Resources"].get("GPU", 0) > 0 for n in nodes)
+        cpus = min((n["Resources"].get("CPU", 1.0) for n in nodes), default=1.0)
+        specs, need = [], 0.0
+        for _, profile, sharing, worker in plan_workers(plan):
+            app, task = worker.split("/", 1)
+            cfg = plan.apps[app][task]
+            slices = gpu.mig_profiles[gpu.profile_index(profile)].compute_slices / sharing
+            if slices > max(offered, default=0.0):
+                raise ShimError(f"{worker} needs {slices:g} slices on one node; the largest node of the Ray cluster "
+                                f"offers {max(offered, default=0.0):g}", field="plan",
+                                fix=f"add a node with more '{SLICES}', or plan smaller instances")
+            need += slices
+            resources: tuple[tuple[str, float], ...] = ((SLICES, round(slices, 4)),)
+            if on_gpus:
+                pct = sm_percentage(gpu, profile, sharing)
+                resources += (("GPU", round(slices / gpu.compute_slices, 4)),)
+                specs.append(WorkerSpec(app, task, cfg.variant, self.model or cfg.variant, 1, "cuda",
+                                        (("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", str(pct)),),
+                                        f"ray {pct}% SMs ({profile}/{sharing})", cfg.batch, resources=resources))
+            else:
+                threads = int(max(1, min(round(slices), cpus)))
+                specs.append(WorkerSpec(app, task, cfg.variant, self.model or cfg.variant, threads, "cpu",
+                                        place=f"ray cpu x{threads} ({slices:g} slices)", batch=cfg.batch,
+                                        resources=resources))
+        if need > sum(offered) + 1e-6:
+            raise ShimError(f"plan needs {need:g} slices; the Ray cluster's nodes offer {sum(offered):g}", field="plan",
+                            fix=f"add nodes offering '{SLICES}', or plan for fewer GPUs (--gpus)")
+        return Placement(tuple(specs))
+
+    def start(self, spec: WorkerSpec) -> RayHandle:
+        name = f"{spec.app}.{spec.task}.{self._ids}"
+        self._ids += 1
+        resources = dict(spec.resources)
+        actor = self.actor_class.options(
+            num_cpus=0, num_gpus=resources.pop("GPU", 0.0), resources=resources, scheduling_strategy="SPREAD",
+            max_restarts=0, max_concurrency=4,
+            runtime_env={"env_vars": dict(spec.env)} if spec.env else None,
+        ).remote(spec.model, dataclasses.asdict(spec.handler), spec.threads, spec.device, spec.batch)
+        log = f"Ray actor {actor._actor_id.hex()} (ray logs actor --id {actor._actor_id.hex()})"
+        return RayHandle(name, spec, log, time.monotonic(), actor, actor.park.remote())
+
+    def stop(self, handle: WorkerHandle, grace_s: float = STOP_GRACE_S) -> None:
+        """Kill the actor (the router has drained it) and wait until Ray has freed its slices."""
+        assert isinstance(handle, RayHandle)
+        with contextlib.suppress(RayError):
+            ray.kill(handle.actor, no_restart=True)
+        ray.wait([handle.alive_ref], timeout=_GONE_WAIT_S)
+
+    async def health(self, handle: WorkerHandle, timeout_s: float = 1.0) -> Health:
+        assert isinstance(handle, RayHandle)
+        if handle.exit_code() is not None:
+            return Health(False, False, {"exit_code": handle.code, "error": handle.words})
+        if handle.checking is None:  # a call still queued behind the constructor is awaited again, not repeated
+            handle.checking = asyncio.wrap_future(handle.actor.call.remote({"op": "health", "id": 0}, []).future())
+            handle.checking.add_done_callback(_seen)  # its actor may be killed before anyone awaits it again
+        try:
+            answer, _ = await asyncio.wait_for(asyncio.shield(handle.checking), timeout_s)
+        except TimeoutError:
+            return Health(True, False, {"error": "TimeoutError"})
+        except RayError as e:
+            handle.checking = None
+            return Health(handle.exit_code() is None, False, {"error": type(e).__name__})
+        handle.checking = None
+        if answer.get("unloadable"):
+            handle.code, handle.words = ipc.HANDLER_EXIT, answer["unloadable"]
+            self.stop(handle)
+            return Health(False, False, answer)
+        handle.worker_pid, handle.node_id = answer.get("pid", handle.worker_pid), answer.get("node", handle.node_id)
+        return Health(True, bool(answer.get("ok")), answer)
+
+    async def connect(self, handle: WorkerHandle) -> ipc.Channel:
+        assert isinstance(handle, RayHandle)
+        return RayChannel(handle.actor)
+
