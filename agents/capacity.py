@@ -69,7 +69,8 @@ def max_serviceable_demand(catalog: Catalog, gpu_type: str, apps: list[str], gpu
                                                   for b in blocks for c in b.cands))
     high = upper_bound(gpu, blocks, gpus, opts.headroom)
     low = min(known_feasible_rps / len(apps), high)
-    while high - low > rel_tol * high:
+    trickle = rel_tol * high  # nothing fits if not even this does (bisecting on towards 0 took ~1,000 checks)
+    while high - low > rel_tol * high and high > trickle:
         rate = (low + high) / 2
         status = is_feasible(gpu, blocks, rate, gpus, opts)
         result.checks += 1

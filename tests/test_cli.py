@@ -55,6 +55,16 @@ def test_trace_show_prints_a_summary_and_writes_a_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_capacity_json_and_a_feature_set_nothing_fits_ends_in_a_few_checks():
+    """Whole GPUs (S off) cannot hold social_media's three tasks on one GPU: the bisection says so in a few checks
+    (it went on ~1,000 times towards 0 req/s: a minute more at 4 GPUs)."""
+    run = jigsaw("capacity", "--gpus", "1", "--app", "social_media", "--json")
+    assert run.returncode == 0, run.stderr
+    sets = json.loads(run.stdout)["feature_sets"]  # stdout stays pure JSON: the bar is on stderr
+    assert sets["none"]["max_rps"] == 0 and "no plan fits 1 GPUs even at" in sets["none"]["reason"]
+    assert sets["none"]["checks"] <= 10 and sets["A+S+T"]["max_rps"] > 0
+
+
 def test_bad_trace_is_one_line_and_exit_2(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("time_s,app,rps\n0,a,1\n60,a,abc\n")
