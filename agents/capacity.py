@@ -3,6 +3,7 @@ MILP's feasibility (every app at the same rate)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -96,6 +97,13 @@ def ablation(catalog: Catalog, gpu_type: str, apps: list[str], gpus: int, opts: 
         known = max((r.max_rps for r in results.values() if _subset(r.features, features)), default=0.0)
         results[name] = max_serviceable_demand(catalog, gpu_type, apps, gpus, features, opts, rel_tol, known, on_check)
     return results
+
+
+def expected_checks(rel_tol: float) -> int | None:
+    """About how many feasibility MILPs ``ablation`` solves (a progress bar's total): each feature set's bisection
+    halves its bracket until it is ``rel_tol`` of the bound, ~log2(1/rel_tol) times. None for a tolerance out of
+    range (refused by the bisection)."""
+    return len(FEATURE_SETS) * math.ceil(math.log2(1 / rel_tol)) if 0 < rel_tol < 1 else None
 
 
 def _subset(a: Features, b: Features) -> bool:

@@ -52,6 +52,7 @@ from jigsaw.env.space import DecisionSpace, Decoded, Levels
 from jigsaw.profiles.catalog import Catalog, load_catalog
 from jigsaw.profiles.documents import read_document
 from jigsaw.profiles.errors import ConfigError, JigsawError, ensure_writable_dir
+from jigsaw.profiles.progress import progress_bar
 
 DEFAULT_HYPERPARAMS = Path(__file__).with_name("hyperparams") / "maskable_ppo.yml"
 DEFAULT_POLICY = Path(__file__).with_name("policies") / "default.npz"  # shipped; trained by the default `jigsaw train`
@@ -336,9 +337,7 @@ class _Progress:
     """A tqdm bar over timesteps with an ETA (SB3's own bar needs `rich`)."""
 
     def __init__(self, total: int, start: int) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, desc="training")
+        self.bar = progress_bar(total=total, initial=start, unit="step", desc="training")
 
     def update(self, now: int) -> None:
         self.bar.update(now - self.bar.n)
@@ -461,8 +460,9 @@ def train(settings: TrainSettings, out: Path, *, catalog_path: str | None = None
             "hyperparameters": {"policy": settings.policy, "n_envs": settings.n_envs, **settings.ppo_kwargs}}
     write_policy(out, export_actor(final), meta)
     venv.close()
-    return {"out": str(out), "version": version, "timesteps": int(model.num_timesteps),
-            "seconds": meta["train_seconds"], "best_eval_reward": _best_eval(run_dir)}
+    return {"out": str(out), "settings": str(sidecar_path(out)), "run_dir": str(run_dir), "version": version,
+            "timesteps": int(model.num_timesteps), "seconds": meta["train_seconds"],
+            "best_eval_reward": _best_eval(run_dir)}
 
 
 _TAGS = ("cost_slices", "violation", "accuracy", "fallback_rate")

@@ -50,6 +50,7 @@ from .profile_plan import (
     summarize,
 )
 from .profile_store import ProfileStore, check_writable, now
+from .progress import progress_bar
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_ITERS = 100  # timed repetitions per configuration when alone (the h100-mps method: 20..100 in ~0.3 s)
@@ -85,6 +86,7 @@ class ProfileSummary:
     already: int = 0  # found in --out from an earlier run
     colocation: list[dict[str, Any]] = field(default_factory=list)
     noisy: list[str] = field(default_factory=list)  # configurations whose p95 exceeded NOISY_SPREAD x their p50
+    files: list[Path] = field(default_factory=list)  # written: the table and its sidecars
 
 
 # --------------------------------------------------------------------------------------------------
@@ -306,8 +308,8 @@ def run_profile(settings: ProfileSettings, catalog: Catalog, gpu_type: str, *, p
                "groups": [asdict(g) for g in groups]}
         store.record_run(run)
         try:
-            with tqdm(total=len(configs), initial=summary.already, desc="profiling", unit="config", file=sys.stderr,
-                      disable=not progress) as bar:
+            with progress_bar(total=len(configs), initial=summary.already, desc="profiling", unit="config",
+                              quiet=not progress) as bar:
                 for group, items in groupby(todo, key=lambda c: c[0]):
                     _run_group(group, [(v, b) for _, v, b in items], settings, device, mps_env, facts, store, summary, bar)
             run["status"] = "complete"
@@ -319,6 +321,7 @@ def run_profile(settings: ProfileSettings, catalog: Catalog, gpu_type: str, *, p
                                                     settings.batches)
             store.record_run({**run, "finished": now(), "measured": summary.measured, "skipped": summary.skipped,
                               "colocation": summary.colocation})
+            summary.files = [p for p in (store.out, store.meta_path, store.skipped_path) if p.exists()]
     return summary
 
 
@@ -328,7 +331,8 @@ def _run_group(group: Group, items: list[tuple[str, int]], settings: ProfileSett
     pool: list[WorkerProcess] = []
     try:
         for variant, batch in items:
-            bar.set_postfix_str(f"{group.segment.label} x{group.workers} {variant} bs{batch}")
+            # shown at the bar's next update: a refresh here drew the bar before its delay, a line per configuration in logs
+            bar.set_postfix_str(f"{group.segment.label} x{group.workers} {variant} bs{batch}", refresh=False)
             if not pool:
                 pool = _start_group(group, settings, device, mps_env, facts.get("cores", []))
             try:

@@ -6,16 +6,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
-from tqdm import tqdm
 
-from jigsaw.agents.capacity import PAPER_AST_OVER_AT, PAPER_RATIOS, ablation
+from jigsaw.agents.capacity import PAPER_AST_OVER_AT, PAPER_RATIOS, ablation, expected_checks
 from jigsaw.agents.ilp import SolveResult, solve
 from jigsaw.env.candidates import Features, SolverOptions
 from jigsaw.env.plan import MIG_CONFIG_NAME
@@ -25,6 +25,7 @@ from jigsaw.profiles.catalog import Catalog, load_catalog, parse_handler
 from jigsaw.profiles.errors import ConfigError, JigsawError, OutputError, SolverError, ensure_writable_dir, write_text
 from jigsaw.profiles.profile_plan import ProfileSettings, parse_colocation, parse_positive_ints, parse_shares
 from jigsaw.profiles.profiler import run_profile
+from jigsaw.profiles.progress import clock_bar, progress_bar
 from jigsaw.profiles.types import HandlerSpec
 from jigsaw.serving_shim.backends import BACKENDS
 
@@ -107,11 +108,12 @@ def cmd_solve(args: argparse.Namespace) -> int:
     mig_config = Path(args.mig_config) if args.mig_config else None
     if mig_config is not None:
         ensure_writable_dir(mig_config.parent, "--mig-config")  # fail before the solve, not after it
-    result = solve(catalog, args.gpu_type, demand, args.gpus, Features.parse(args.features), _solver_options(args))
+    features, opts = Features.parse(args.features), _solver_options(args)
+    with clock_bar(f"solving (at most {opts.time_limit_s:g} s)", opts.time_limit_s):
+        result = solve(catalog, args.gpu_type, demand, args.gpus, features, opts)
     if mig_config is not None and result.plan is not None:
         write_text(mig_config, yaml.safe_dump(result.plan.mig_parted_config(args.gpus), sort_keys=False), "--mig-config")
-        print(f"wrote {mig_config} (apply: nvidia-mig-parted apply -f {mig_config} -c {MIG_CONFIG_NAME})",
-              file=sys.stderr)
+        _wrote(f"{mig_config} (apply: nvidia-mig-parted apply -f {mig_config} -c {MIG_CONFIG_NAME})")
     if args.json:
         print(json.dumps(solve_document(result, catalog), indent=1))
     else:
@@ -125,8 +127,9 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     apps = _split(args.app, "app") if args.app else catalog.apps_for(gpu.name)
     for a in apps:
         catalog.app(a)
-    with tqdm(desc="feasibility checks", unit="MILP", **_progress(args.json)) as bar:
+    with progress_bar(desc="feasibility checks", unit="MILP", total=expected_checks(args.tolerance)) as bar:
         results = ablation(catalog, gpu.name, apps, args.gpus, _solver_options(args), args.tolerance, bar.update)
+        bar.total = bar.n  # the total was an estimate: the bar ends full
     base = results["none"].max_rps
     ratio = {n: (r.max_rps / base if base > 0 else None) for n, r in results.items()}  # None: nothing fits S off
     at = results["A+T"].max_rps
@@ -202,7 +205,7 @@ def cmd_trace_show(args: argparse.Namespace) -> int:
         print(f"  {app:20} {mean:11.2f} {np.percentile(rates, 95):10.2f} {rates.max():11.2f} {ratio}")
     if args.plot:
         plot_trace(trace, args.plot)
-        print(f"wrote {args.plot}")
+        _wrote(args.plot)
     return 0
 
 
@@ -238,6 +241,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         print(f"  co-location {c['segment']} x{c['workers']} ({c['worker_units']} per worker): "
               f"p50 x{c['median_p50_factor']:.2f}, items/s per worker / {c['median_slowdown']:.2f} "
               "against one worker alone (medians)")
+    _wrote(", ".join(map(str, s.files)))
     return 0
 
 
@@ -267,9 +271,15 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
     trace = load_trace(args.trace, time_scale=args.time_scale, rate_scale=args.rate_scale)
     times, apps = trace_arrivals(trace, args.duration, args.seed)
     bodies = request_bodies(load_catalog(args.catalog), trace.apps, Path(args.images) if args.images else None)
-    s = asyncio.run(replay(args.url, times, apps, trace.apps, bodies, timeout_s=args.timeout, on_start=lambda n: print(
-        f"replaying {n} of the trace's {len(times)} requests over {times[-1] if len(times) else 0:.1f} s against "
-        f"{args.url}", file=sys.stderr))).summary()
+    span_s = float(times[-1]) if len(times) else 0.0
+    with ExitStack() as bar:
+        def started(n: int) -> None:  # once the daemon answers: a URL where none does stays one line
+            print(f"replaying {n} of the trace's {len(times)} requests over {span_s:.1f} s against {args.url}",
+                  file=sys.stderr)
+            bar.enter_context(clock_bar("replaying", span_s))
+
+        s = asyncio.run(replay(args.url, times, apps, trace.apps, bodies, timeout_s=args.timeout,
+                               on_start=started)).summary()
     if s["skipped"]:
         print("skipped the requests of apps the daemon does not serve: "
               + ", ".join(f"{a} ({n})" for a, n in s["skipped"].items()), file=sys.stderr)
@@ -298,16 +308,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(str(e) or "training interrupted", file=sys.stderr)
         return 130
     print(json.dumps(summary))
-    if args.logdir:
-        print(f"tensorboard --logdir {args.logdir}")
+    tensorboard = f" and TensorBoard logs in {args.logdir}/ (tensorboard --logdir {args.logdir})" if args.logdir else ""
+    _wrote(f"{summary['out']} and {summary['settings']} (the policy), {summary['run_dir']}/ (SB3's model.zip and "
+           f"checkpoints/){tensorboard}")
     return 0
 
 
 def cmd_export_policy(args: argparse.Namespace) -> int:
     from jigsaw.agents.ppo import export_policy
 
-    print(json.dumps(export_policy(Path(args.checkpoint), Path(args.out),
-                                   Path(args.settings) if args.settings else None)))
+    doc = export_policy(Path(args.checkpoint), Path(args.out), Path(args.settings) if args.settings else None)
+    print(json.dumps(doc))
+    _wrote(f"{doc['out']} and {doc['settings']}")
     return 0
 
 
@@ -337,31 +349,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ensure_writable_dir(logdir, "--logdir")  # fail before the long part, not after it
     systems = build_systems(catalog, config, names, SolverOptions(headroom=args.headroom, time_limit_s=args.time_limit),
                             policy)
-    if policy is None and not args.json:
-        print("no --policy: the policy systems are skipped", file=sys.stderr)
     seeds = _seeds(args.seeds)
-    if not args.json:
-        print(f"evaluating {len(systems)} systems on the held-out part of {len(config.traces)} trace(s) x "
-              f"{len(seeds)} seed(s); a first run on this machine compiles the simulator's kernels first (~1 min)",
-              file=sys.stderr)
-    ev = evaluate_systems(catalog, config, systems, args.intervals, seeds,
-                          lambda jobs, what: tqdm(jobs, desc=what, **_progress(args.json)),
-                          instant_changes=args.instant_changes)
+    intro = ("no --policy: the policy systems are skipped; " if policy is None else "") + \
+        f"evaluating {len(systems)} systems on the held-out part of {len(config.traces)} trace(s) x {len(seeds)} " \
+        "seed(s); a first run on this machine compiles the simulator's kernels first (~1 min)"
+
+    def stage(jobs: Iterable[Any], what: str) -> Iterable[Any]:
+        nonlocal intro
+        if intro:  # said when the first stage starts: the inputs are read by then, and a bad one stays one line
+            print(intro, file=sys.stderr)
+            intro = ""
+        return progress_bar(jobs, desc=what)
+
+    ev = evaluate_systems(catalog, config, systems, args.intervals, seeds, stage, instant_changes=args.instant_changes)
     write_outputs(ev, logdir)
-    if args.json:
-        print(json.dumps(summary_document(ev)))
-    else:
-        print(markdown_table(ev))
-        print(f"wrote {logdir}/: evaluation.png, summary.md, summary.csv, intervals.csv and a TensorBoard run per "
-              f"system (tensorboard --logdir {logdir})", file=sys.stderr)
+    print(json.dumps(summary_document(ev)) if args.json else markdown_table(ev))
+    _wrote(f"{logdir}/: evaluation.png, summary.md, summary.csv, intervals.csv and a TensorBoard run per system "
+           f"(tensorboard --logdir {logdir})")
     return 0
 
 
-def _progress(quiet: bool) -> dict[str, Any]:
-    """tqdm's options for a long command's progress on stderr: shown unless ``quiet`` (--json), a terminal or not
-    (a log gets a line every 30 s rather than a redraw every 0.1 s), once the work has taken a second (a command
-    that fails at once on bad input says one line, not a bar)."""
-    return {"file": sys.stderr, "disable": quiet, "mininterval": 0.1 if sys.stderr.isatty() else 30.0, "delay": 1.0}
+def _wrote(files: str) -> None:
+    """The last line of a command that wrote files: which (stderr, so that stdout stays its table or JSON)."""
+    print(f"wrote {files}", file=sys.stderr)
 
 
 def _seeds(text: str) -> list[int]:

@@ -53,6 +53,15 @@ def test_trace_show_prints_a_summary_and_writes_a_plot(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "held out" in run.stdout and "social_media" in run.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert run.stderr == f"wrote {png}\n" and "wrote" not in run.stdout  # stdout: the summary alone
+
+
+def test_solve_json_stays_pure_json_and_the_mig_config_written_is_named_on_stderr(tmp_path):
+    mig = tmp_path / "mig.yaml"
+    run = jigsaw("solve", "--app", "social_media", "--rps", "50", "--gpus", "1", "--json", "--mig-config", str(mig))
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["status"] == "optimal" and mig.exists()
+    assert run.stderr.startswith(f"wrote {mig} (apply: nvidia-mig-parted") and run.stderr.count("\n") == 1
 
 
 def test_capacity_json_and_a_feature_set_nothing_fits_ends_in_a_few_checks():

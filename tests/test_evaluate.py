@@ -19,7 +19,8 @@ from jigsaw.agents.ppo import DEFAULT_POLICY
 from jigsaw.env.candidates import SolverOptions
 from jigsaw.env.gym_env import DEFAULT_TRACES, EnvConfig
 from jigsaw.profiles.catalog import load_catalog
-from jigsaw.scripts.cli import _progress, main
+from jigsaw.profiles.progress import progress_bar
+from jigsaw.scripts.cli import main
 
 FIGURES = {"slices_mean", "slices_p95", "violation_pct", "violation_pct_servable", "violation_pct_in_transition",
            "reconfigs_per_h", "accuracy_mean", "fallback_pct", "decide_ms_p50", "decide_ms_p99"}
@@ -96,6 +97,7 @@ def test_same_seed_same_figures() -> None:
     (["--systems", "random_actor"], "the policy systems need a policy"),
     (["--seeds", "0,x"], "seeds"),
     (["--seeds", "1,1"], "seeds"),
+    (["--intervals", "0"], "intervals"),
     (["--logdir", "/proc/no-such-dir/x"], "cannot write there"),
     (["--trace", "TINY"], "no held-out part"),
 ])
@@ -106,15 +108,21 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_pat
                                                   ("social_media", "traffic_analysis", "ar_assistant")))
     args = [str(tiny) if a == "TINY" else a for a in args]
     assert main(["evaluate", "--intervals", "1", "--logdir", str(tmp_path / "ev"), *args]) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("jigsaw: error")]
-    assert len(err) == 1 and message in err[0], err
+    err = capsys.readouterr().err.splitlines()  # the error alone: what evaluate does is said once the inputs are read
+    assert len(err) == 1 and err[0].startswith("jigsaw: error") and message in err[0], err
 
 
-def test_without_json_it_shows_progress_and_says_what_it_wrote(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_it_shows_progress_and_says_what_it_wrote_on_stderr(json_flag: list[str], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
     logdir = tmp_path / "ev"
     assert main(["evaluate", "--systems", "static_peak", "--trace", ONE_TRACE, "--intervals", "1", "--seeds", "0",
-                 "--logdir", str(logdir)]) == 0
-    err = capsys.readouterr().err
+                 "--logdir", str(logdir), *json_flag]) == 0
+    out, err = capsys.readouterr()
     assert "evaluating 1 systems" in err  # what it does first (the bar follows once the work takes a second)
-    assert f"wrote {logdir}/: evaluation.png" in err and (logdir / "evaluation.png").exists()
-    assert _progress(quiet=False)["disable"] is False  # a bar also when stderr is a pipe or a log, as here
+    assert err.rstrip().splitlines()[-1].startswith(f"wrote {logdir}/: evaluation.png")
+    assert (logdir / "evaluation.png").exists()
+    if json_flag:
+        assert "static_peak" in json.loads(out)["systems"]  # stdout stays pure JSON
+    with progress_bar() as bar:
+        assert not bar.disable  # a bar also when stderr is a pipe or a log, as here

@@ -4,11 +4,14 @@ through the controller. (How well a policy learns is measured by `jigsaw evaluat
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from jigsaw.agents.controller import Controller
 from jigsaw.agents.ppo import (
@@ -19,25 +22,44 @@ from jigsaw.agents.ppo import (
     load_checkpoint,
     load_policy,
     sidecar_path,
-    train,
 )
+from jigsaw.env import ENV_ID
 from jigsaw.env.gym_env import JigsawEnv
 from jigsaw.profiles.catalog import load_catalog
 from jigsaw.profiles.errors import ConfigError
 from jigsaw.scripts.cli import main
 
-TINY = TrainSettings(n_timesteps=256, n_envs=1, env_kwargs={"gpus": 4, "episode_intervals": 5},
-                     ppo_kwargs={"n_steps": 128, "batch_size": 64, "n_epochs": 1}, eval_freq=128, eval_episodes=1,
-                     checkpoint_freq=10**6)
+TINY = {"n_timesteps": 256, "n_envs": 1, "env_kwargs": {"gpus": 4, "episode_intervals": 5}, "n_steps": 128,
+        "batch_size": 64, "n_epochs": 1, "eval_freq": 128, "eval_episodes": 1, "checkpoint_freq": 10**6}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def train_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """A tiny `jigsaw train` as a user runs it: the policy it wrote, its stdout and its stderr."""
     out = tmp_path_factory.mktemp("policy") / "tiny.zip"  # the suffix becomes .npz
-    summary = train(TINY, out, seed=1, logdir=out.parent / "tb", progress=False)
+    (out.parent / "tiny.yml").write_text(yaml.safe_dump({ENV_ID: TINY}))
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with redirect_stdout(stdout), redirect_stderr(stderr):
+        assert main(["train", "--hyperparams", str(out.parent / "tiny.yml"), "--out", str(out), "--seed", "1",
+                     "--logdir", str(out.parent / "tb"), "--no-progress"]) == 0
+    summary = json.loads(stdout.getvalue())  # stdout is the summary alone
     assert summary["timesteps"] >= 256 and summary["out"] == str(out.with_suffix(".npz"))
     assert not out.exists() and (out.parent / "tiny_run" / MODEL_FILE).exists()  # SB3's model: a training artefact
-    return out.with_suffix(".npz")
+    return out.with_suffix(".npz"), stdout.getvalue(), stderr.getvalue()
+
+
+@pytest.fixture(scope="module")
+def trained(train_run: tuple[Path, str, str]) -> Path:
+    return train_run[0]
+
+
+def test_train_ends_saying_which_files_it_wrote(train_run: tuple[Path, str, str]) -> None:
+    policy, _, err = train_run
+    run_dir, tb = policy.parent / "tiny_run", policy.parent / "tb"
+    assert err.rstrip().splitlines()[-1] == (
+        f"wrote {policy} and {sidecar_path(policy)} (the policy), {run_dir}/ (SB3's model.zip and checkpoints/) and "
+        f"TensorBoard logs in {tb}/ (tensorboard --logdir {tb})")
+    assert policy.exists() and sidecar_path(policy).exists() and (run_dir / MODEL_FILE).exists() and tb.is_dir()
 
 
 def test_trained_policy_loads_and_proposes(trained: Path) -> None:
@@ -77,10 +99,14 @@ def test_refuses_another_catalog_and_corrupt_files(trained: Path, tmp_path: Path
         load_policy(tmp_path / "missing.zip", catalog)
 
 
-def test_export_gives_the_checkpoint_s_actions(trained: Path, tmp_path: Path) -> None:
+def test_export_gives_the_checkpoint_s_actions(trained: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     """`export-policy` of the run dir's SB3 model (its settings found beside the run dir) acts as SB3 does."""
     checkpoint = trained.parent / "tiny_run" / MODEL_FILE
     assert main(["export-policy", str(checkpoint), "--out", str(tmp_path / "exported.npz")]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["out"] == str(tmp_path / "exported.npz")
+    assert err == f"wrote {tmp_path / 'exported.npz'} and {tmp_path / 'exported.json'}\n"
     exported = load_policy(tmp_path / "exported.npz", load_catalog())
     meta, trained_meta = (json.loads(sidecar_path(p).read_text()) for p in (tmp_path / "exported.npz", trained))
     assert {k: v for k, v in meta.items() if k != "actor"} == {k: v for k, v in trained_meta.items() if k != "actor"}

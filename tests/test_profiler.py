@@ -142,6 +142,7 @@ def test_output_has_the_catalog_schema_and_says_which_device_measured_it(profile
     assert run["device_type"] == "cpu" and run["status"] == "complete" and run["torch"] and run["method"]
     assert run["settings"]["variants"] == ["resnet18"] and run["measured"] == len(rows) - 1
     assert [c["workers"] for c in run["colocation"]] == [2] and summary.colocation == run["colocation"]
+    assert summary.files == [out, out.with_name("cpu.provenance.json")]  # named in `jigsaw profile`'s last line
 
 
 def test_a_catalog_pointing_at_the_profiled_table_loads(profiled, tmp_path):
