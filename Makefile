@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 .PHONY: demo test lint bench clean
 
 $(BIN)/jigsaw: pyproject.toml
+	@echo "installing jigsaw and its dependencies into $(VENV) (torch among them: minutes on a first install)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
