@@ -89,6 +89,8 @@ class PolicyLike(Protocol):
 
     def reset(self) -> None: ...
 
+    def for_gpus(self, gpus: int) -> Any: ...
+
     def with_actor(self, actor: Actor) -> PolicyLike: ...
 
 
@@ -195,6 +197,7 @@ def build_systems(catalog: Catalog, config: EnvConfig, names: list[str], opts: S
         def make(_peak: Mapping[str, float], seed: int) -> Decider:
             proposer = policy.with_actor(actor(seed)) if actor is not None else policy
             proposer.reset()
+            proposer.for_gpus(gpus)  # built and warm before the first decision's clock starts
             return controller(proposer.proposer, proposer.version, safety_check)
         return make
 

@@ -180,11 +180,15 @@ class Policy:
         self.proposed: Plan | None = None  # the last plan this policy proposed
 
     def with_actor(self, actor: Any) -> Policy:
-        """This policy's proposer with another actor (the ablations of ``jigsaw.agents.baselines``)."""
-        return Policy(actor, self.env_config, self.catalog, f"{self.version} with {type(actor).__name__}")
+        """This policy's proposer with another actor (the ablations of ``jigsaw.agents.baselines``); the proposers
+        (stateless, their kernels warm) are shared."""
+        twin = Policy(actor, self.env_config, self.catalog, f"{self.version} with {type(actor).__name__}")
+        twin._proposers = self._proposers
+        return twin
 
     def for_gpus(self, gpus: int) -> Proposer:
-        """The proposer on a cluster of ``gpus`` (built once per size)."""
+        """The proposer on a cluster of ``gpus`` (built once per size); call it before timing decisions on that
+        size, or the first decision holds the build and the kernels' compile or load (seconds)."""
         if gpus not in self._proposers:
             c = self.env_config
             proposer = Proposer(DecisionSpace(self.catalog, c.gpu_type, list(c.apps), gpus), c.polish)

@@ -96,6 +96,7 @@ def load_policy(cfg: DaemonConfig, catalog: Catalog) -> tuple[Proposer, str]:
 
     policy = load(cfg.policy, catalog)
     policy.check_serves(cfg.apps, cfg.gpus, cfg.gpu_type, cfg.policy)
+    policy.for_gpus(cfg.gpus)  # its kernels compiled or loaded now, not in the first decision
     return policy.proposer, policy.version
 
 
