@@ -151,6 +151,9 @@ class Reconciler:
             old = [w for w in old if w not in early]
             waiting = self._waiting(change) if change is not None else set()
             specs = [spec for spec, n in wanted.items() for _ in range(n)]
+            if specs:
+                log.info("starting %d worker(s) on the %s backend (%d kept); each serves once its model is loaded and "
+                         "warm", len(specs), self.backend.name, len(keep))
             new = [Worker(self.backend.start(spec)) for spec in specs if spec.key not in waiting]
             if any(spec.key in waiting for spec in specs):
                 await asyncio.sleep(self.repartition_wait_s)
@@ -172,8 +175,9 @@ class Reconciler:
             report = ApplyReport(len(ready), len(keep), len(retire) + len(early), self.failed, placement.notes,
                                  len(early), switch_s, change.delay_s if change is not None else math.nan)
             log.info("applied plan: %d started, %d kept, %d stopped (%d before the new ones started), %d failed; "
-                     "switched after %.1f s (predicted %.1f s)", report.started, report.kept, report.stopped,
-                     report.stopped_early, len(report.failed), report.switch_s, report.predicted_switch_s)
+                     "switched after %.1f s%s", report.started, report.kept, report.stopped, report.stopped_early,
+                     len(report.failed), report.switch_s, "" if math.isnan(report.predicted_switch_s) else
+                     f" (predicted {report.predicted_switch_s:.1f} s)")
             return report
 
     def _change(self, plan: Plan) -> Change | None:
