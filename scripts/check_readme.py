@@ -39,6 +39,8 @@ NOT_RUN = {  # shown in the README, left out here, and why
     "python scripts/measure_startup.py --write": "rewrites the catalog's measured start-up times",
     "pip install torch --index-url …/whl/cpu": "an alternative install, from the network",
     "tensorboard --logdir …": "a viewer that serves until stopped",
+    "pip install -e '.[ray]', ray start, jigsaw daemon --backend ray, jigsaw ray-resources":
+        "an optional extra, a Ray cluster and GPU nodes (tests/test_shim_ray*.py start a local cluster)",
 }
 
 

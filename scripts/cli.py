@@ -22,7 +22,15 @@ from jigsaw.env.plan import MIG_CONFIG_NAME
 from jigsaw.env.traces import Trace, load_trace
 from jigsaw.profiles import handlers
 from jigsaw.profiles.catalog import Catalog, load_catalog, parse_handler
-from jigsaw.profiles.errors import ConfigError, JigsawError, OutputError, SolverError, ensure_writable_dir, write_text
+from jigsaw.profiles.errors import (
+    ConfigError,
+    JigsawError,
+    OutputError,
+    ShimError,
+    SolverError,
+    ensure_writable_dir,
+    write_text,
+)
 from jigsaw.profiles.profile_plan import ProfileSettings, parse_colocation, parse_positive_ints, parse_shares
 from jigsaw.profiles.profiler import run_profile
 from jigsaw.profiles.progress import clock_bar, progress_bar
@@ -314,6 +322,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ray_resources(args: argparse.Namespace) -> int:
+    from jigsaw.serving_shim.backends.nvidia import discover
+
+    try:
+        from jigsaw.serving_shim.backends.ray import node_resources
+    except ImportError:
+        raise ShimError("Ray is not installed", field="ray-resources", fix="pip install 'jigsaw[ray]'") from None
+    try:
+        gpus = discover("ray")
+    except ShimError as e:
+        raise ShimError(e.message, field="ray-resources", fix="run it on a GPU node; a node without GPUs offers "
+                        "slices by hand: ray start --resources '{\"jigsaw_slices\": N}'") from None
+    print(json.dumps(node_resources(gpus, load_catalog(args.catalog).gpu(args.gpu_type))))
+    return 0
+
+
 def cmd_export_policy(args: argparse.Namespace) -> int:
     from jigsaw.agents.ppo import export_policy
 
@@ -529,6 +553,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="capacity provisioned per unit of demand (default %(default)s)")
     p.add_argument("--time-limit", type=float, default=10.0, help="ILP wall-clock bound per decision, s (default 10)")
     p.set_defaults(run=cmd_daemon)
+
+    p = verbs.add_parser("ray-resources", help="this GPU node's resources for the ray backend, as JSON for "
+                         "`ray start --resources` (its compute slices, and each MIG instance)")
+    p.add_argument("--catalog", default=None, help="catalog directory or file (default: the built-in one)")
+    p.add_argument("--gpu-type", default="h100", help="GPU type from the catalog (default h100)")
+    p.set_defaults(run=cmd_ray_resources)
 
     p = verbs.add_parser("loadgen", help="replay a trace open-loop against a running daemon")
     p.add_argument("--trace", required=True, help="trace file (CSV time_s,app,rps; Azure formats)")

@@ -313,8 +313,12 @@ class Reconciler:
 
     async def _restart(self, old: Worker) -> None:
         await asyncio.to_thread(self.backend.stop, old.handle, 0.0)  # dead or hung: reap (SIGKILL), remove its socket
+        spec = self.backend.replacement(old.spec, old.handle.node)
+        if spec != old.spec:  # its place is gone (a lost node's MIG instance): it serves from the new one
+            self.placed[old.spec] -= 1
+            self.placed[spec] += 1
         try:
-            fresh = Worker(self.backend.start(old.spec), restarts=old.restarts + 1)
+            fresh = Worker(self.backend.start(spec), restarts=old.restarts + 1)
         except OSError as e:  # e.g. no descriptors for its pipes: the next apply retries it
             log.error("cannot restart worker %s (%s); the next decision retries it", old.handle.name, e.strerror or e)
             self.failed.append(old.handle.name)

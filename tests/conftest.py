@@ -13,6 +13,7 @@ import selectors
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,6 +226,31 @@ def seat_each_replica(plan: Any, app: str, **changes: dict[str, Any]) -> Any:
     seats = [(c.segment, f"{app}/{t}") for t, c in tasks.items() for _ in range(c.replicas)]
     layout = GpuLayout(tuple(s for s, _ in seats), tuple((k,) for _, k in seats))
     return dataclasses.replace(plan, apps={app: tasks}, gpus=(layout,))
+
+
+def status_of(url: str) -> dict[str, Any]:
+    """A daemon's ``/status``."""
+    with urllib.request.urlopen(url + "/status", timeout=30) as r:
+        return json.loads(r.read())
+
+
+def load_during(url: str, app: str, bodies: Any, rps: float, seconds: float, during: Callable[[], Any]
+                ) -> dict[str, Any]:
+    """Replay ``rps`` of ``app`` (Poisson) against ``url`` for ``seconds``; one second in, run ``during()`` (on a
+    thread of its own); the load generator's summary."""
+    from jigsaw.env.traces import Trace
+    from jigsaw.serving_shim.loadgen import replay, trace_arrivals
+
+    trace = Trace(np.array([0.0]), (app,), np.array([[rps]]), seconds)
+    times, apps = trace_arrivals(trace, None, seed=2)
+
+    async def scenario() -> dict[str, Any]:
+        load = asyncio.get_running_loop().create_task(replay(url, times, apps, trace.apps, {app: bodies}))
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(during)
+        return (await load).summary()
+
+    return asyncio.run(scenario())
 
 
 RAY_NODE_SLICES = 7  # each node of the test Ray cluster offers one H100's compute slices

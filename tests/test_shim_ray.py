@@ -7,36 +7,26 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import shutil
 import sys
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 import yaml
-from conftest import RAY_NODE_SLICES, daemon_in_thread, seat_each_replica
+from conftest import RAY_NODE_SLICES, daemon_in_thread, load_during, seat_each_replica, status_of
 
 from jigsaw.agents.controller import Controller
 from jigsaw.env.plan import GpuLayout, Plan
-from jigsaw.env.traces import Trace
 from jigsaw.profiles.errors import ShimError
 from jigsaw.scripts.cli import main
 from jigsaw.serving_shim.backends import make_backend
 from jigsaw.serving_shim.daemon import DaemonConfig
-from jigsaw.serving_shim.loadgen import replay, request_bodies, trace_arrivals
+from jigsaw.serving_shim.loadgen import request_bodies
 
 APP = "ar_assistant"
 LOAD_RPS = 6.0  # see test_shim_serving
 START_TIMEOUT_S = 180.0
-
-
-def _status(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url + "/status", timeout=30) as r:
-        return json.loads(r.read())
 
 
 def _whole_gpus(plan: Plan, n: int) -> Plan:
@@ -110,22 +100,9 @@ def ray_daemon(ray_cluster, tmp_path_factory, builtin_catalog):
         yield daemon, loop, plan, request_bodies(builtin_catalog, [APP])[APP]
 
 
-def _under_load(url: str, bodies: Any, seconds: float, during: Any) -> dict[str, Any]:
-    trace = Trace(np.array([0.0]), (APP,), np.array([[LOAD_RPS]]), seconds)
-    times, apps = trace_arrivals(trace, None, seed=2)
-
-    async def scenario() -> dict[str, Any]:
-        load = asyncio.get_running_loop().create_task(replay(url, times, apps, trace.apps, {APP: bodies}))
-        await asyncio.sleep(1.0)
-        await asyncio.to_thread(during)
-        return (await load).summary()
-
-    return asyncio.run(scenario())
-
-
 def test_workers_spread_over_the_nodes_and_a_lost_node_loses_nothing(ray_daemon, ray_cluster):
     daemon, _, _, bodies = ray_daemon
-    before = _status(daemon.url)["workers"]
+    before = status_of(daemon.url)["workers"]
     hosts = {w["node"] for w in before}
     assert len(before) == 5 and all(w["state"] == "ready" for w in before)
     assert len(hosts) >= 2, before  # 5 workers of 1-2 slices on nodes of 7: Ray spreads them
@@ -133,13 +110,13 @@ def test_workers_spread_over_the_nodes_and_a_lost_node_loses_nothing(ray_daemon,
     victim = next(n for n in ray_cluster.worker_nodes if n.node_id == victim_id)
     lost = sum(w["node"] == victim_id for w in before)
 
-    summary = _under_load(daemon.url, bodies, 6.0, lambda: ray_cluster.remove_node(victim))
+    summary = load_during(daemon.url, APP, bodies, LOAD_RPS, 6.0, lambda: ray_cluster.remove_node(victim))
     print(f"node with {lost} of {len(before)} workers lost under load: {summary}")
     assert summary["lost"] == 0 and summary["errors"] == 0, summary
     assert summary["ok"] + summary["violated"] > 0
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
-        status = _status(daemon.url)
+        status = status_of(daemon.url)
         ready = [w for w in status["workers"] if w["state"] == "ready"]
         if len(ready) == len(before):
             break
@@ -153,10 +130,10 @@ def test_workers_spread_over_the_nodes_and_a_lost_node_loses_nothing(ray_daemon,
 
 def test_during_a_run_a_plan_the_cluster_cannot_hold_is_refused_and_the_plan_in_force_holds(ray_daemon):
     daemon, loop, plan, _ = ray_daemon
-    before = _status(daemon.url)
+    before = status_of(daemon.url)
     too_big = _whole_gpus(plan, 3)
     with pytest.raises(ShimError, match="plan needs 21 slices"):
         asyncio.run_coroutine_threadsafe(daemon.apply(too_big), loop).result(60)
-    after = _status(daemon.url)
+    after = status_of(daemon.url)
     assert after["plan"] == before["plan"]
     assert [(w["name"], w["state"]) for w in after["workers"]] == [(w["name"], w["state"]) for w in before["workers"]]

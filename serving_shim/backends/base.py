@@ -150,6 +150,10 @@ class Backend:
         """Launch a worker for ``spec``; it is ready when ``health`` says so."""
         raise NotImplementedError
 
+    def replacement(self, spec: WorkerSpec, node: str) -> WorkerSpec:
+        """The spec a worker of ``spec`` that died on ``node`` restarts with (the same, where its place remains)."""
+        return spec
+
     def stop(self, handle: WorkerHandle, grace_s: float = STOP_GRACE_S) -> None:
         """Stop the worker (at once when ``grace_s`` is 0: a hung one); blocks until it is gone."""
         raise NotImplementedError

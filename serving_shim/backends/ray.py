@@ -8,9 +8,17 @@ a MIG instance of k compute slices shared by m workers asks for k/m of them, so 
 and no node holds more than it offers; on a node with GPUs it also asks for that fraction of one GPU (Ray then
 gives it one GPU in ``CUDA_VISIBLE_DEVICES``) and runs with ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` set to its share
 of the SMs, as the ``mps`` backend does (the node's own MPS daemon: ``CUDA_MPS_PIPE_DIRECTORY`` in the environment
-``ray start`` ran in). MIG instances are not handed out through Ray: Ray assigns only whole GPUs to actors, so a
-worker could not be told which ``MIG-<uuid>`` is its own; MIG nodes run ``--backend mig``. Workers are spread
-over the nodes with room (Ray's ``SPREAD``), so that a lost node takes as few of a task's replicas as it can.
+``ray start`` ran in). Workers are spread over the nodes with room (Ray's ``SPREAD``), so that a lost node takes
+as few of a task's replicas as it can.
+
+MIG nodes also offer each MIG instance present as a resource of its own, ``jigsaw_mig.<profile>.<uuid>``
+(``jigsaw ray-resources`` on the node prints its resources as JSON; Ray knows nothing of MIG and hands out only
+whole GPUs). Where the cluster offers any, each of the plan's instances goes on one of its profile: the one
+where the same workers run now, else an idle one, else one whose workers the plan retires (shared, time-sliced,
+until they drain: make-before-break, as on the ``mig`` backend). Its workers ask for a sliver of that resource,
+which puts them on its node, and run with ``CUDA_VISIBLE_DEVICES=MIG-<uuid>``. A worker that died restarts on an
+idle instance of its profile off the node it died on, where there is one (that node may be gone). Geometry is
+never changed here.
 
 The actor runs the same code as a worker process (``worker.Model``, ``worker.answer``): it loads and warms its
 handler in its constructor and answers the same messages, which travel as Ray calls (arrays through Ray's
@@ -31,6 +39,7 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +55,12 @@ from jigsaw.profiles.types import GpuType, HandlerSpec
 from jigsaw.serving_shim import ipc
 from jigsaw.serving_shim.backends.base import STOP_GRACE_S, Backend, Health, Placement, WorkerHandle, WorkerSpec
 from jigsaw.serving_shim.backends.mps import plan_workers, sm_percentage
+from jigsaw.serving_shim.backends.nvidia import Gpu
 
 SLICES = "jigsaw_slices"  # the custom resource a node offers: its compute slices
+MIG = "jigsaw_mig."  # a node's MIG instance, one unit each: jigsaw_mig.<profile>.<uuid>
+_ON_INSTANCE = 0.001  # what a worker asks of its instance's resource: only where it is (sharers and a switch's
+# old and new workers overlap on it, time-sliced, as on the mig backend)
 _CONNECT_TIMEOUT_S = 3.0  # reaching the cluster's GCS port before ray.init (which retries for minutes)
 _GONE_WAIT_S = 10.0  # for a killed actor's slices to be free again
 _FIX_ADDRESS = ("start one (ray start --head --resources '{\"jigsaw_slices\": 7}') or give its address, "
@@ -57,7 +70,9 @@ _FIX_ADDRESS = ("start one (ray start --head --resources '{\"jigsaw_slices\": 7}
 class RayWorker:
     """A worker as a Ray actor: the handler loaded and warmed, answering ``ipc``'s messages as calls."""
 
-    def __init__(self, model: str, handler: dict[str, Any], threads: int, device: str, batch: int) -> None:
+    def __init__(self, model: str, handler: dict[str, Any], threads: int, device: str, batch: int,
+                 env: dict[str, str]) -> None:
+        os.environ.update(env)  # its device and SM share, before anything initialises CUDA
         import torch
 
         from jigsaw.profiles.handlers import HandlerError
@@ -100,6 +115,7 @@ class RayHandle(WorkerHandle):
     node_id: str = ""  # the node it runs on, once it has answered
     code: int | None = None
     words: str = ""
+    stopped: bool = False
 
     @property
     def pid(self) -> int | None:
@@ -158,6 +174,36 @@ class RayChannel:
             call.cancel()
 
 
+def mig_resource(profile: str, uuid: str) -> str:
+    return f"{MIG}{profile}.{uuid}"
+
+
+def mig_instance(resource: str) -> tuple[str, str] | None:
+    """(profile, uuid) of a ``mig_resource`` name; None for any other resource."""
+    if not resource.startswith(MIG) or ".MIG-" not in resource:
+        return None
+    profile, _, uuid = resource.removeprefix(MIG).partition(".MIG-")
+    return profile, "MIG-" + uuid
+
+
+def node_resources(gpus: Sequence[Gpu], gpu: GpuType) -> dict[str, float]:
+    """The resources a node with ``gpus`` offers jigsaw (``ray start --resources``): its compute slices (a MIG GPU's,
+    those of the instances present), and each MIG instance by profile and uuid."""
+    slices = {p.name: p.compute_slices for p in gpu.mig_profiles}
+    unknown = sorted({d.profile for g in gpus for d in g.mig_devices} - set(slices))
+    if unknown:
+        raise ShimError(f"MIG instances of profile(s) {', '.join(unknown)}, not {gpu.name}'s", field="--gpu-type",
+                        fix="give the GPU type these GPUs are")
+    out = {SLICES: float(sum(sum(slices[d.profile] for d in g.mig_devices) if g.mig_enabled else gpu.compute_slices
+                             for g in gpus))}
+    return out | {mig_resource(d.profile, d.uuid): 1.0 for g in gpus for d in g.mig_devices}
+
+
+def _instance_of(spec: WorkerSpec) -> tuple[str, str] | None:
+    """(profile, uuid) of the MIG instance ``spec`` runs on; None off MIG."""
+    return next(filter(None, (mig_instance(name) for name, _ in spec.resources)), None)
+
+
 def cluster_address(address: str) -> str:
     """``address`` as host:port; ``auto`` is $RAY_ADDRESS, else the cluster ``ray start`` left on this machine."""
     if address != "auto":
@@ -189,6 +235,7 @@ class RayBackend(Backend):
         super().__init__(run_dir)
         self.address, self.model = address, model
         self.actor_class: Any = None
+        self.hosting: dict[str, Counter[tuple[str, str, str]]] = {}  # MIG uuid -> (app, task, variant) started on it
         self._ids = 0
 
     def open(self) -> None:
@@ -223,15 +270,82 @@ class RayBackend(Backend):
         """The live nodes offering slices."""
         return [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(SLICES, 0) > 0]
 
+    def _instances(self, nodes: list[dict[str, Any]]) -> dict[str, list[tuple[str, str]]]:
+        """The MIG instances ``nodes`` offer: profile -> [(uuid, node id)], in a fixed order."""
+        out: dict[str, list[tuple[str, str]]] = {}
+        for n in sorted(nodes, key=lambda n: n["NodeID"]):
+            for profile, uuid in sorted(filter(None, map(mig_instance, n["Resources"]))):
+                out.setdefault(profile, []).append((uuid, n["NodeID"]))
+        return out
+
     def devices(self) -> list[dict[str, Any]]:
         return [{"kind": "ray-node", "node_id": n["NodeID"], "address": n.get("NodeManagerAddress", ""),
                  "slices": n["Resources"][SLICES], "gpus": n["Resources"].get("GPU", 0.0),
-                 "cpus": n["Resources"].get("CPU", 0.0)} for n in self._nodes()]
+                 "cpus": n["Resources"].get("CPU", 0.0),
+                 "mig": [f"{profile} {uuid}" for profile, uuid in sorted(filter(None, map(mig_instance, n["Resources"])))]}
+                for n in self._nodes()]
 
     def place(self, plan: Plan, gpu: GpuType) -> Placement:
+        """On MIG instances where the nodes offer any, else on slices (MPS shares on GPU nodes)."""
         nodes = self._nodes()
-        offered = [n["Resources"][SLICES] for n in nodes]
         on_gpus = bool(nodes) and all(n["Resources"].get("GPU", 0) > 0 for n in nodes)
+        instances = self._instances(nodes)
+        return self._on_instances(plan, instances, on_gpus) if instances else self._on_slices(plan, gpu, nodes, on_gpus)
+
+    def _on_instances(self, plan: Plan, instances: dict[str, list[tuple[str, str]]], on_gpus: bool) -> Placement:
+        """Each of the plan's instances on an instance of its profile somewhere in the cluster: where the same
+        workers run now (they stay), else an idle one, else one the plan in force's workers are leaving (shared,
+        time-sliced, until they drain)."""
+        wanted = [(profile, workers) for layout in plan.gpus
+                  for profile, workers in zip(layout.partition, layout.workers, strict=True) if workers]
+        need = Counter(profile for profile, _ in wanted)
+        short = [f"{n} x {p} (the nodes offer {len(instances.get(p, []))})" for p, n in sorted(need.items())
+                 if n > len(instances.get(p, []))]
+        if short:
+            raise ShimError(f"plan needs {', '.join(short)} MIG instances", field="plan",
+                            fix="advertise each node's instances (`jigsaw ray-resources` there, for `ray start "
+                                "--resources`), or plan the instances present")
+
+        def hosted(workers: tuple[str, ...]) -> Counter[tuple[str, str, str]]:
+            return Counter((a, t, plan.apps[a][t].variant) for a, t in (w.split("/", 1) for w in workers))
+
+        free = {p: [uuid for uuid, _ in instances[p]] for p in need}
+        chosen: list[str | None] = [None] * len(wanted)
+        for i, (profile, workers) in enumerate(wanted):
+            chosen[i] = next((u for u in free[profile] if self.hosting.get(u) == hosted(workers)), None)
+            if chosen[i] is not None:
+                free[profile].remove(chosen[i])
+        for i, (profile, _) in enumerate(wanted):
+            if chosen[i] is None:
+                chosen[i] = min(free[profile], key=lambda u: sum(self.hosting.get(u, Counter()).values()))
+                free[profile].remove(chosen[i])
+        specs = []
+        for (profile, workers), uuid in zip(wanted, chosen, strict=True):
+            for worker in workers:
+                app, task = worker.split("/", 1)
+                cfg = plan.apps[app][task]
+                specs.append(WorkerSpec(app, task, cfg.variant, self.model or cfg.variant, 1,
+                                        "cuda" if on_gpus else "cpu", (("CUDA_VISIBLE_DEVICES", str(uuid)),),
+                                        f"ray {profile} {uuid} ({len(workers)} sharing)", cfg.batch,
+                                        resources=((mig_resource(profile, str(uuid)), _ON_INSTANCE),)))
+        return Placement(tuple(specs))
+
+    def replacement(self, spec: WorkerSpec, node: str) -> WorkerSpec:
+        """On MIG instances, a died worker restarts on an idle instance of its profile off the node it died on (that
+        node may be gone), where there is one."""
+        instance = _instance_of(spec)
+        if instance is None:
+            return spec
+        profile, uuid = instance
+        idle = [(u, n) for u, n in self._instances(self._nodes()).get(profile, []) if not self.hosting.get(u)]
+        if not idle:
+            return spec
+        fresh, _ = min(idle, key=lambda c: (c[1] == node, c[0] != uuid))
+        return dataclasses.replace(spec, env=(("CUDA_VISIBLE_DEVICES", fresh),), place=spec.place.replace(uuid, fresh),
+                                   resources=((mig_resource(profile, fresh), _ON_INSTANCE),))
+
+    def _on_slices(self, plan: Plan, gpu: GpuType, nodes: list[dict[str, Any]], on_gpus: bool) -> Placement:
+        offered = [n["Resources"][SLICES] for n in nodes]
         cpus = min((n["Resources"].get("CPU", 1.0) for n in nodes), default=1.0)
         specs, need = [], 0.0
         for _, profile, sharing, worker in plan_workers(plan):
@@ -267,9 +381,11 @@ class RayBackend(Backend):
         actor = self.actor_class.options(
             num_cpus=0, num_gpus=resources.pop("GPU", 0.0), resources=resources, scheduling_strategy="SPREAD",
             max_restarts=0, max_concurrency=4,
-            runtime_env={"env_vars": dict(spec.env)} if spec.env else None,
-        ).remote(spec.model, dataclasses.asdict(spec.handler), spec.threads, spec.device, spec.batch)
+        ).remote(spec.model, dataclasses.asdict(spec.handler), spec.threads, spec.device, spec.batch, dict(spec.env))
         log = f"Ray actor {actor._actor_id.hex()} (ray logs actor --id {actor._actor_id.hex()})"
+        instance = _instance_of(spec)
+        if instance is not None:
+            self.hosting.setdefault(instance[1], Counter())[(spec.app, spec.task, spec.variant)] += 1
         return RayHandle(name, spec, log, time.monotonic(), actor, actor.park.remote())
 
     def stop(self, handle: WorkerHandle, grace_s: float = STOP_GRACE_S) -> None:
@@ -278,6 +394,11 @@ class RayBackend(Backend):
         with contextlib.suppress(RayError):
             ray.kill(handle.actor, no_restart=True)
         ray.wait([handle.alive_ref], timeout=_GONE_WAIT_S)
+        instance, spec = _instance_of(handle.spec), handle.spec
+        if instance is not None and not handle.stopped:
+            self.hosting[instance[1]][(spec.app, spec.task, spec.variant)] -= 1
+            self.hosting[instance[1]] = +self.hosting[instance[1]]
+        handle.stopped = True
 
     async def health(self, handle: WorkerHandle, timeout_s: float = 1.0) -> Health:
         assert isinstance(handle, RayHandle)
