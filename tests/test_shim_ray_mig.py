@@ -94,6 +94,9 @@ def test_each_plan_instance_runs_on_an_instance_of_its_profile_on_the_node_offer
     for w in workers:
         assert w["place"].split()[1] == plan.apps[APP][w["task"]].segment
         assert w["node"] == owner[on[w["name"]]].node_id
+    for task in ("detect", "recognise"):  # a task's replicas on different nodes: a lost node takes one of them
+        nodes = [w["node"] for w in workers if w["task"] == task]
+        assert len(nodes) == len(set(nodes)) == 2
 
 
 def test_mig_workers_survive_a_plan_change_and_a_lost_node(mig_daemon):

@@ -295,7 +295,8 @@ class RayBackend(Backend):
     def _on_instances(self, plan: Plan, instances: dict[str, list[tuple[str, str]]], on_gpus: bool) -> Placement:
         """Each of the plan's instances on an instance of its profile somewhere in the cluster: where the same
         workers run now (they stay), else an idle one, else one the plan in force's workers are leaving (shared,
-        time-sliced, until they drain)."""
+        time-sliced, until they drain); among those, on the node with the fewest replicas of its tasks, so that a
+        lost node takes few of any task's."""
         wanted = [(profile, workers) for layout in plan.gpus
                   for profile, workers in zip(layout.partition, layout.workers, strict=True) if workers]
         need = Counter(profile for profile, _ in wanted)
@@ -310,15 +311,25 @@ class RayBackend(Backend):
             return Counter((a, t, plan.apps[a][t].variant) for a, t in (w.split("/", 1) for w in workers))
 
         free = {p: [uuid for uuid, _ in instances[p]] for p in need}
-        chosen: list[str | None] = [None] * len(wanted)
+        node_of = {uuid: node for listed in instances.values() for uuid, node in listed}
+        on_node: Counter[tuple[str, str]] = Counter()  # (node, "app/task") placed so far: spread each task's
+        chosen: list[str | None] = [None] * len(wanted)  # replicas over the nodes, as SPREAD does on slices
+
+        def choose(i: int, uuid: str) -> None:
+            chosen[i] = uuid
+            free[wanted[i][0]].remove(uuid)
+            on_node.update((node_of[uuid], w) for w in wanted[i][1])
+
         for i, (profile, workers) in enumerate(wanted):
-            chosen[i] = next((u for u in free[profile] if self.hosting.get(u) == hosted(workers)), None)
-            if chosen[i] is not None:
-                free[profile].remove(chosen[i])
-        for i, (profile, _) in enumerate(wanted):
+            kept = next((u for u in free[profile] if self.hosting.get(u) == hosted(workers)), None)
+            if kept is not None:
+                choose(i, kept)
+        for i, (profile, workers) in enumerate(wanted):
             if chosen[i] is None:
-                chosen[i] = min(free[profile], key=lambda u: sum(self.hosting.get(u, Counter()).values()))
-                free[profile].remove(chosen[i])
+                choose(i, min(free[profile], key=lambda u: (
+                    sum(self.hosting.get(u, Counter()).values()),  # idle instances first
+                    sum(on_node[(node_of[u], w)] for w in workers),  # then nodes with fewest of these tasks
+                    sum(n for (node, _), n in on_node.items() if node == node_of[u]))))  # then fewest workers
         specs = []
         for (profile, workers), uuid in zip(wanted, chosen, strict=True):
             for worker in workers:
