@@ -81,7 +81,7 @@ def demand_terms(app: App, cands: list[Candidates]) -> list[tuple[float, list[tu
     const = {t: 0.0 for t in app.task_names}
     terms: dict[str, list[tuple[int, np.ndarray]]] = {t: [] for t in app.task_names}
     for t in app.topological_order:
-        if all(v != t for _, v in app.edges):
+        if t in app.sources:
             const[t] = 1.0
         for (u, v), f in app.edges.items():
             if u != t:

@@ -85,7 +85,7 @@ class DecisionSpace:
             for t in app.topological_order:
                 ti = index[(a, t)]
                 order.append(ti)
-                self.sources[ti] = all(v != t for _, v in app.edges)
+                self.sources[ti] = t in app.sources
                 ladder = [x.name for x in app.task(t).variants]
                 self.accuracy[ti, :len(ladder)] = [x.accuracy for x in app.task(t).variants]
                 for u, v in app.edges:
