@@ -253,6 +253,14 @@ def load_during(url: str, app: str, bodies: Any, rps: float, seconds: float, dur
     return asyncio.run(scenario())
 
 
+def need_ray() -> None:
+    """Skip the test where the ``ray`` extra is not installed. Asks for a module of Ray's own: under pytest the
+    checkout's parent folder is on sys.path, and a folder there named ``ray`` (Ray's /tmp/ray) imports as an empty
+    namespace package."""
+    pytest.importorskip("ray.cluster_utils", reason="the ray backend's tests need the 'ray' extra "
+                        "(pip install -e '.[ray]')")
+
+
 RAY_NODE_SLICES = 7  # each node of the test Ray cluster offers one H100's compute slices
 
 
@@ -260,7 +268,7 @@ RAY_NODE_SLICES = 7  # each node of the test Ray cluster offers one H100's compu
 def ray_cluster() -> Iterator[Any]:
     """A local Ray cluster on this machine's CPU (``ray.cluster_utils.Cluster``): a head offering nothing and two
     nodes offering RAY_NODE_SLICES each, as GPU nodes would; skipped where the ``ray`` extra is not installed."""
-    pytest.importorskip("ray", reason="the ray backend's tests need the 'ray' extra (pip install -e '.[ray]')")
+    need_ray()
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})

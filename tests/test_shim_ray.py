@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import RAY_NODE_SLICES, daemon_in_thread, load_during, seat_each_replica, status_of
+from conftest import RAY_NODE_SLICES, daemon_in_thread, load_during, need_ray, seat_each_replica, status_of
 
 from jigsaw.agents.controller import Controller
 from jigsaw.env.plan import GpuLayout, Plan
@@ -47,7 +47,7 @@ def test_without_ray_installed_the_backend_says_how_to_install_it(tmp_path, monk
 
 
 def test_no_cluster_at_the_address_is_one_line_and_exit_2(tmp_path, capsys):
-    pytest.importorskip("ray", reason="needs the 'ray' extra")
+    need_ray()
     code = main(["daemon", "--app", APP, "--backend", "ray", "--ray-address", "127.0.0.1:9", "--port", "0",
                  "--run-dir", str(tmp_path)])
     err = capsys.readouterr().err

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import RAY_NODE_SLICES, daemon_in_thread, load_during, seat_each_replica, status_of
+from conftest import RAY_NODE_SLICES, daemon_in_thread, load_during, need_ray, seat_each_replica, status_of
 
 from jigsaw.agents.controller import Controller
 from jigsaw.profiles.errors import ShimError
@@ -26,7 +26,7 @@ START_TIMEOUT_S = 180.0
 
 
 def test_a_gpu_nodes_resources_name_its_slices_and_each_mig_instance():
-    pytest.importorskip("ray", reason="needs the 'ray' extra")
+    need_ray()
     from jigsaw.profiles.catalog import load_catalog
     from jigsaw.serving_shim.backends.nvidia import Gpu, MigDevice
     from jigsaw.serving_shim.backends.ray import SLICES, mig_instance, node_resources
@@ -52,7 +52,7 @@ INSTANCES_PER_PROFILE = 3  # on each node, of each profile the plan uses: the 5 
 def mig_daemon(tmp_path_factory, builtin_catalog):
     """A daemon on the ray backend over a cluster of its own whose three nodes offer (made-up) MIG instances, three of
     each profile the plan uses on each; the workers run on the CPU with the instance's uuid in CUDA_VISIBLE_DEVICES."""
-    pytest.importorskip("ray", reason="needs the 'ray' extra")
+    need_ray()
     from ray.cluster_utils import Cluster
 
     from jigsaw.serving_shim.backends.ray import mig_resource
