@@ -81,6 +81,7 @@ class RayWorker:
         torch.set_num_threads(max(1, threads))
         with contextlib.suppress(RuntimeError):  # set already in a reused process
             torch.set_num_interop_threads(1)
+        self.answer = worker.answer
         self.unloadable = ""
         self.warm_ms = 0.0
         self.node = ray.get_runtime_context().get_node_id()
@@ -92,11 +93,9 @@ class RayWorker:
         self.warm_ms = self.model.warm_up(max(1, batch))
 
     def call(self, message: dict[str, Any], blobs: list[np.ndarray]) -> tuple[dict[str, Any], list[np.ndarray]]:
-        from jigsaw.serving_shim import worker
-
         if self.unloadable:
             return {"id": message.get("id"), "ok": False, "unloadable": self.unloadable}, []
-        answer, out = worker.answer(self.model, self.warm_ms, message, blobs)
+        answer, out = self.answer(self.model, self.warm_ms, message, blobs)
         if message.get("op") == "health":
             answer["node"] = self.node
         return answer, out
@@ -199,6 +198,11 @@ def node_resources(gpus: Sequence[Gpu], gpu: GpuType) -> dict[str, float]:
     return out | {mig_resource(d.profile, d.uuid): 1.0 for g in gpus for d in g.mig_devices}
 
 
+def _offered_instances(node: dict[str, Any]) -> list[tuple[str, str]]:
+    """(profile, uuid) of each MIG instance a node (of ``ray.nodes()``) offers, sorted."""
+    return sorted(filter(None, map(mig_instance, node["Resources"])))
+
+
 def _instance_of(spec: WorkerSpec) -> tuple[str, str] | None:
     """(profile, uuid) of the MIG instance ``spec`` runs on; None off MIG."""
     return next(filter(None, (mig_instance(name) for name, _ in spec.resources)), None)
@@ -274,7 +278,7 @@ class RayBackend(Backend):
         """The MIG instances ``nodes`` offer: profile -> [(uuid, node id)], in a fixed order."""
         out: dict[str, list[tuple[str, str]]] = {}
         for n in sorted(nodes, key=lambda n: n["NodeID"]):
-            for profile, uuid in sorted(filter(None, map(mig_instance, n["Resources"]))):
+            for profile, uuid in _offered_instances(n):
                 out.setdefault(profile, []).append((uuid, n["NodeID"]))
         return out
 
@@ -282,7 +286,7 @@ class RayBackend(Backend):
         return [{"kind": "ray-node", "node_id": n["NodeID"], "address": n.get("NodeManagerAddress", ""),
                  "slices": n["Resources"][SLICES], "gpus": n["Resources"].get("GPU", 0.0),
                  "cpus": n["Resources"].get("CPU", 0.0),
-                 "mig": [f"{profile} {uuid}" for profile, uuid in sorted(filter(None, map(mig_instance, n["Resources"])))]}
+                 "mig": [f"{profile} {uuid}" for profile, uuid in _offered_instances(n)]}
                 for n in self._nodes()]
 
     def place(self, plan: Plan, gpu: GpuType) -> Placement:
